@@ -1,0 +1,73 @@
+// Top-k benchmarks: mixdepth's select_top_k beside the PyTorch CPU algorithm
+// (std::nth_element on (score, index) pairs, then std::sort of the k indices).
+#include <benchmark/benchmark.h>
+
+#include <mixdepth/mixdepth.hpp>
+
+#include <algorithm>
+#include <random>
+#include <utility>
+#include <vector>
+
+namespace {
+
+constexpr int pool_size = 64;  // different sequences, cycled, so no run sees one cached input
+
+std::vector<std::vector<float>> score_pool(int n, int distinct) {
+  std::mt19937 rng(12345);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::uniform_int_distribution<int> few(0, distinct - 1);
+  std::vector<std::vector<float>> pool(pool_size, std::vector<float>(std::size_t(n)));
+  for (auto& seq : pool)
+    for (auto& v : seq) v = distinct > 0 ? float(few(rng)) : normal(rng);
+  return pool;
+}
+
+void run_mixdepth(benchmark::State& state, int distinct) {
+  const int n = int(state.range(0)), k = int(state.range(1));
+  const auto pool = score_pool(n, distinct);
+  std::vector<mixdepth::Position> out(static_cast<std::size_t>(k));
+  mixdepth::TopKScratch<float> scratch;
+  std::size_t i = 0;
+  for (auto _ : state) {
+    mixdepth::select_top_k<float>(pool[i++ % pool_size], {1, n}, k, out, {}, scratch);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+
+void run_std(benchmark::State& state, int distinct) {
+  const int n = int(state.range(0)), k = int(state.range(1));
+  const auto pool = score_pool(n, distinct);
+  std::vector<std::pair<float, int>> pairs(static_cast<std::size_t>(n));
+  std::vector<int> out(static_cast<std::size_t>(k));
+  std::size_t i = 0;
+  for (auto _ : state) {
+    const auto& seq = pool[i++ % pool_size];
+    for (int j = 0; j < n; ++j) pairs[std::size_t(j)] = {seq[std::size_t(j)], j};
+    std::nth_element(pairs.begin(), pairs.begin() + (k - 1), pairs.end(),
+                     [](const auto& a, const auto& b) { return a.first > b.first; });
+    for (int j = 0; j < k; ++j) out[std::size_t(j)] = pairs[std::size_t(j)].second;
+    std::sort(out.begin(), out.end());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+
+void BM_TopK(benchmark::State& s) { run_mixdepth(s, 0); }
+void BM_TopK_Std(benchmark::State& s) { run_std(s, 0); }
+void BM_TopK_Ties(benchmark::State& s) { run_mixdepth(s, 4); }
+void BM_TopK_Std_Ties(benchmark::State& s) { run_std(s, 4); }
+
+void top_k_sizes(benchmark::internal::Benchmark* b) {
+  for (auto [n, k] : {std::pair{256, 32}, {1024, 128}, {4096, 512}, {16384, 2048}, {32768, 4096},
+                      {4096, 2048}})
+    b->Args({n, k});
+}
+
+}  // namespace
+
+BENCHMARK(BM_TopK)->Apply(top_k_sizes);
+BENCHMARK(BM_TopK_Std)->Apply(top_k_sizes);
+BENCHMARK(BM_TopK_Ties)->Apply(top_k_sizes);
+BENCHMARK(BM_TopK_Std_Ties)->Apply(top_k_sizes);

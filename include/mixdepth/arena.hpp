@@ -1,0 +1,108 @@
+#pragma once
+// Arena<T>: scratch memory that a block function takes from its workspace. Once it has seen
+// the largest request pattern it never allocates: every cycle between reset() calls reuses
+// one chunk.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "types.hpp"
+
+namespace mixdepth {
+
+template <class T>
+class Arena {
+ public:
+  static constexpr std::size_t alignment = 64;  // bytes: a cache line, a full AVX-512 vector
+
+  // A position to rewind to: everything taken after mark() is released by rewind().
+  struct Mark {
+    std::size_t chunk;
+    Index used;
+  };
+
+  Arena() { chunks_.reserve(16); }
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  Arena(Arena&&) noexcept = default;
+  Arena& operator=(Arena&&) noexcept = default;
+
+  // n elements aligned to `alignment`, valid until the matching rewind() or reset().
+  // Contents are unspecified.
+  std::span<T> take(Index n) {
+    if (n < 0) detail::fail("Arena::take", "n", ">= 0", n);
+    const Index padded = round_up(n);
+    while (current_ < chunks_.size() && chunks_[current_].size - used_ < padded) {
+      ++current_;
+      used_ = 0;
+    }
+    if (current_ == chunks_.size()) {
+      const Index last = chunks_.empty() ? Index{0} : chunks_.back().size;
+      chunks_.push_back(Chunk::make(std::max(padded, 2 * last)));
+      used_ = 0;
+    }
+    T* start = chunks_[current_].data + used_;
+    used_ += padded;
+    return {start, static_cast<std::size_t>(n)};
+  }
+
+  // A rows x cols row-major matrix over take(rows * cols).
+  RowMatrixMap<T> matrix(Index rows, Index cols) {
+    return RowMatrixMap<T>(take(rows * cols).data(), rows, cols);
+  }
+
+  Mark mark() const { return {current_, used_}; }
+  void rewind(Mark m) {
+    current_ = m.chunk;
+    used_ = m.used;
+  }
+
+  // Releases everything. When the last cycle needed more than one chunk, they become one
+  // chunk as large as all of them: from then on the same cycle allocates nothing.
+  void reset() {
+    if (chunks_.size() > 1) {
+      Index total = 0;
+      for (const auto& c : chunks_) total += c.size;
+      chunks_.clear();
+      chunks_.push_back(Chunk::make(total));
+    }
+    current_ = 0;
+    used_ = 0;
+  }
+
+  // Elements held (what a cycle may take without allocating).
+  Index capacity() const {
+    Index total = 0;
+    for (const auto& c : chunks_) total += c.size;
+    return total;
+  }
+
+ private:
+  static Index round_up(Index n) {
+    constexpr Index step = static_cast<Index>(alignment / sizeof(T) > 0 ? alignment / sizeof(T) : 1);
+    return (n + step - 1) / step * step;
+  }
+
+  struct Chunk {
+    std::unique_ptr<std::byte[]> storage;
+    T* data = nullptr;
+    Index size = 0;
+    static Chunk make(Index size) {
+      Chunk c;
+      c.storage = std::make_unique<std::byte[]>(static_cast<std::size_t>(size) * sizeof(T) + alignment);
+      const auto address = reinterpret_cast<std::uintptr_t>(c.storage.get());
+      c.data = reinterpret_cast<T*>((address + alignment - 1) / alignment * alignment);
+      c.size = size;
+      return c;
+    }
+  };
+
+  std::vector<Chunk> chunks_;
+  std::size_t current_ = 0;
+  Index used_ = 0;
+};
+
+}  // namespace mixdepth

@@ -1,0 +1,55 @@
+#pragma once
+// Row gather (routed rows into a compact matrix) and the gated scatter of Eq. 1.
+#include <span>
+#include <string>
+
+#include "kernels/rows_portable.hpp"
+#include "types.hpp"
+
+namespace mixdepth {
+
+// out.row(j) = x.row(rows[j]). Throws mixdepth::Error unless out is [rows.size(), x.cols()]
+// and every row index is in [0, x.rows()).
+template <class T>
+void gather_rows(MatrixCRef<T> x, std::span<const Position> rows, MatrixRef<T> out) {
+  constexpr std::string_view where = "gather_rows";
+  detail::require_equal(where, "out.rows()", static_cast<Index>(rows.size()), out.rows());
+  detail::require_equal(where, "out.cols()", x.cols(), out.cols());
+  for (std::size_t j = 0; j < rows.size(); ++j)
+    if (rows[j] < 0 || rows[j] >= x.rows())
+      detail::fail(where, "rows[" + std::to_string(j) + "]",
+                   "in [0, " + std::to_string(x.rows()) + ")", rows[j]);
+  if (out.cols() == 0) return;
+  kernels::gather_rows_portable(x.data(), x.outerStride(), rows.data(),
+                                static_cast<Index>(rows.size()), x.cols(), out.data(),
+                                out.outerStride());
+}
+
+// y.row(rows[j]) = x.row(rows[j]) + gates[j] * update.row(j); other rows of y are not touched.
+// x and y may be the same matrix (in place) but must not partially overlap. Throws
+// mixdepth::Error on mismatched sizes or row indices outside [0, x.rows()).
+template <class T>
+void scatter_gated(MatrixCRef<T> x, std::span<const Position> rows, MatrixCRef<T> update,
+                   std::span<const T> gates, MatrixRef<T> y) {
+  constexpr std::string_view where = "scatter_gated";
+  const auto n = static_cast<Index>(rows.size());
+  detail::require_equal(where, "y.rows()", x.rows(), y.rows());
+  detail::require_equal(where, "y.cols()", x.cols(), y.cols());
+  detail::require_equal(where, "update.rows()", n, update.rows());
+  detail::require_equal(where, "update.cols()", x.cols(), update.cols());
+  detail::require_equal(where, "gates.size()", n, static_cast<Index>(gates.size()));
+  if (x.data() != y.data() && detail::overlaps(x, y))
+    detail::fail(where, "y", "the same matrix as x or disjoint from it", "a partial overlap");
+  for (Index j = 0; j < n; ++j)
+    if (rows[j] < 0 || rows[j] >= x.rows())
+      detail::fail(where, "rows[" + std::to_string(j) + "]",
+                   "in [0, " + std::to_string(x.rows()) + ")", rows[j]);
+  if (x.cols() == 0) return;
+  if (x.data() == y.data() && x.outerStride() != y.outerStride())
+    detail::fail(where, "y.outerStride()", x.outerStride(), y.outerStride());
+  kernels::scatter_gated_portable(x.data(), x.outerStride(), y.data(), y.outerStride(),
+                                  rows.data(), n, x.cols(), update.data(), update.outerStride(),
+                                  gates.data());
+}
+
+}  // namespace mixdepth

@@ -1,0 +1,15 @@
+#pragma once
+// The umbrella header: everything mixdepth provides.
+#include "version.hpp"
+#include "error.hpp"
+#include "types.hpp"
+#include "capacity.hpp"
+#include "gate.hpp"
+#include "router.hpp"
+#include "topk.hpp"
+#include "gather.hpp"
+#include "arena.hpp"
+#include "routed.hpp"
+#include "workspace.hpp"
+#include "block.hpp"
+#include "tensor.hpp"

@@ -1,0 +1,36 @@
+#pragma once
+// The MoD router: one scalar logit per token, r = x w + bias.
+#include <string>
+#include <utility>
+
+#include "types.hpp"
+
+namespace mixdepth {
+
+template <class T>
+class Router {
+ public:
+  explicit Router(Vector<T> weight, T bias = T(0)) : weight_(std::move(weight)), bias_(bias) {
+    if (weight_.size() == 0) detail::fail("Router", "weight.size()", ">= 1", 0);
+  }
+
+  Index dim() const { return weight_.size(); }
+  const Vector<T>& weight() const { return weight_; }
+  T bias() const { return bias_; }
+
+  // logits[i] = x.row(i) . weight + bias. Throws mixdepth::Error when x.cols() != dim() or
+  // logits.size() != x.rows().
+  void score(MatrixCRef<T> x, Eigen::Ref<Vector<T>> logits) const {
+    constexpr std::string_view where = "Router::score";
+    detail::require_equal(where, "x.cols()", dim(), x.cols());
+    detail::require_equal(where, "logits.size()", x.rows(), logits.size());
+    logits.noalias() = x * weight_;
+    logits.array() += bias_;
+  }
+
+ private:
+  Vector<T> weight_;
+  T bias_;
+};
+
+}  // namespace mixdepth

@@ -1,0 +1,74 @@
+#pragma once
+// Vocabulary types shared by every mixdepth header: sizes, positions, matrix views, Shape.
+#include <Eigen/Core>
+
+#include <cstdint>
+#include <limits>
+#include <span>
+
+#include "error.hpp"
+
+namespace mixdepth {
+
+template <class T>
+using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+template <class T>
+using MatrixCRef = Eigen::Ref<const RowMatrix<T>>;
+template <class T>
+using MatrixRef = Eigen::Ref<RowMatrix<T>>;
+template <class T>
+using RowMatrixMap = Eigen::Map<RowMatrix<T>>;
+template <class T>
+using ConstRowMatrixMap = Eigen::Map<const RowMatrix<T>>;
+
+// A batch of `batch` sequences of `seq_len` tokens each, stored as rows b*seq_len + i.
+struct Shape {
+  Index batch = 0;
+  Index seq_len = 0;
+  constexpr Index rows() const { return batch * seq_len; }
+  friend constexpr bool operator==(const Shape&, const Shape&) = default;
+};
+
+namespace detail {
+
+// Checks a Shape and returns its row count; rows must fit a Position (kernels use int32).
+inline Index checked_rows(std::string_view where, Shape shape) {
+  if (shape.batch < 0) fail(where, "shape.batch", ">= 0", shape.batch);
+  if (shape.seq_len < 0) fail(where, "shape.seq_len", ">= 0", shape.seq_len);
+  if (shape.seq_len > 0 &&
+      shape.batch > Index{std::numeric_limits<Position>::max()} / shape.seq_len)
+    fail(where, "shape.batch * shape.seq_len", "<= 2147483647 rows",
+         std::to_string(shape.batch) + " * " + std::to_string(shape.seq_len));
+  return shape.rows();
+}
+
+// Per-sequence lengths: empty (every token valid) or one length in [0, seq_len] per sequence.
+inline void check_lengths(std::string_view where, Shape shape, std::span<const Index> lengths) {
+  if (lengths.empty()) return;
+  if (static_cast<Index>(lengths.size()) != shape.batch)
+    fail(where, "lengths.size()", std::to_string(shape.batch) + " (shape.batch) or 0",
+         lengths.size());
+  for (std::size_t b = 0; b < lengths.size(); ++b)
+    if (lengths[b] < 0 || lengths[b] > shape.seq_len)
+      fail(where, "lengths[" + std::to_string(b) + "]",
+           "in [0, " + std::to_string(shape.seq_len) + "] (shape.seq_len)", lengths[b]);
+}
+
+// True when the memory spanned by the two views overlaps.
+template <class A, class B>
+bool overlaps(const A& a, const B& b) {
+  if (a.size() == 0 || b.size() == 0) return false;
+  auto span_of = [](const auto& m) {
+    const auto* first = m.data();
+    const auto* last = &m.coeffRef(m.rows() - 1, m.cols() - 1) + 1;
+    return std::pair{reinterpret_cast<std::uintptr_t>(first), reinterpret_cast<std::uintptr_t>(last)};
+  };
+  const auto [a0, a1] = span_of(a);
+  const auto [b0, b1] = span_of(b);
+  return a0 < b1 && b0 < a1;
+}
+
+}  // namespace detail
+}  // namespace mixdepth

@@ -1,0 +1,93 @@
+#pragma once
+// Workspace<T>: every scratch buffer of a Block's forward, owned by the caller. Buffers only
+// grow, so once a workspace has seen the largest shape a forward allocates nothing. One
+// workspace per thread; after a forward it still holds what that forward routed (logits,
+// selected positions, update), which a backward pass reads instead of recomputing.
+#include <span>
+#include <vector>
+
+#include "arena.hpp"
+#include "topk.hpp"
+#include "types.hpp"
+
+namespace mixdepth {
+
+namespace detail {
+struct BlockForward;
+}
+
+template <class T>
+class Workspace {
+ public:
+  Workspace() = default;
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  Workspace(Workspace&&) noexcept = default;
+  Workspace& operator=(Workspace&&) noexcept = default;
+
+  // What the last forward computed.
+  Shape shape() const { return shape_; }
+  Index k() const { return k_; }  // tokens selected per sequence, padding included
+  // Router logits of every row, [shape.rows()].
+  std::span<const T> logits() const { return {logits_.data(), size(shape_.rows())}; }
+  // select_top_k output: k positions per sequence, ascending, padding included.
+  std::span<const Position> selected() const { return {selected_.data(), size(shape_.batch * k_)}; }
+  // The routed (non-padding) rows as global row indices b * seq_len + position, [n].
+  std::span<const Position> routed_rows() const { return {routed_rows_.data(), size(routed_)}; }
+  // Their positions within their sequences, [n].
+  std::span<const Position> routed_positions() const {
+    return {routed_positions_.data(), size(routed_)};
+  }
+  // Routed rows of sequence b: [offsets[b], offsets[b+1]), [batch + 1].
+  std::span<const Index> offsets() const {
+    return {offsets_.data(), size(shape_.batch + (offsets_.empty() ? 0 : 1))};
+  }
+  // g(r) of every routed row, [n].
+  std::span<const T> gates() const { return {gates_.data(), size(routed_)}; }
+  // The block function's inputs and outputs f_i, [n, d].
+  ConstRowMatrixMap<T> routed_x() const { return {routed_x_.data(), routed_, dim_}; }
+  ConstRowMatrixMap<T> update() const { return {update_.data(), routed_, dim_}; }
+
+  // Scratch handed to the block function.
+  Arena<T>& arena() { return arena_; }
+
+  // Grows every buffer for this shape now, so that the first forward allocates nothing.
+  void reserve(Shape shape, Index dim, Index k) {
+    const Index kept = k < shape.seq_len ? k : shape.seq_len;
+    grow(logits_, shape.rows());
+    grow(selected_, shape.batch * kept);
+    grow(routed_rows_, shape.batch * kept);
+    grow(routed_positions_, shape.batch * kept);
+    grow(offsets_, shape.batch + 1);
+    grow(gates_, shape.batch * kept);
+    grow(routed_x_, shape.batch * kept * dim);
+    grow(update_, shape.batch * kept * dim);
+    top_k_scratch_.reserve(shape.seq_len);
+  }
+
+ private:
+  friend struct detail::BlockForward;
+
+  static std::size_t size(Index n) { return static_cast<std::size_t>(n); }
+  template <class V>
+  static void grow(V& v, Index n) {
+    if (v.size() < size(n)) v.resize(size(n));
+  }
+
+  Shape shape_{};
+  Index k_ = 0;
+  Index dim_ = 0;
+  Index routed_ = 0;
+  std::vector<T> logits_;
+  std::vector<Position> selected_;
+  std::vector<Position> routed_rows_;
+  std::vector<Position> routed_positions_;
+  std::vector<Index> offsets_;
+  std::vector<T> gates_;
+  std::vector<T> routed_x_;
+  std::vector<T> update_;
+  TopKScratch<T> top_k_scratch_;
+  Arena<T> arena_;
+};
+
+}  // namespace mixdepth
