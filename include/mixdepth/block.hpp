@@ -25,7 +25,7 @@ struct BlockForward {
   template <class T, class F>
   static void run(const Router<T>& router, const Capacity& capacity, Gate gate, F& f,
                   MatrixCRef<T> x, Shape shape, T* y_data, Index y_stride, Workspace<T>& ws,
-                  std::span<const Index> lengths, std::string_view where) {
+                  std::span<const Index> lengths) {
     const Index d = router.dim();
     const Index k = capacity(shape.seq_len);
     route(router, k, gate, x, shape, ws, lengths);
@@ -46,10 +46,8 @@ struct BlockForward {
         std::memcpy(y_data + r * y_stride, x.data() + r * x.outerStride(), sizeof(T) * std::size_t(d));
     }
     if (n > 0)
-      kernels::scatter_gated_portable(x.data(), x.outerStride(), y_data, y_stride,
-                                      ws.routed_rows_.data(), n, d, ws.update_.data(), d,
-                                      ws.gates_.data());
-    (void)where;
+      scatter_gated_unchecked(x.data(), x.outerStride(), y_data, y_stride, ws.routed_rows_.data(),
+                              n, d, ws.update_.data(), d, ws.gates_.data());
   }
 
   // Scores, selects and gathers: fills ws with the routed batch.
@@ -86,8 +84,8 @@ struct BlockForward {
     }
     ws.routed_ = n;
     if (n > 0 && d > 0)
-      kernels::gather_rows_portable(x.data(), x.outerStride(), ws.routed_rows_.data(), n, d,
-                                    ws.routed_x_.data(), d);
+      gather_rows_unchecked(x.data(), x.outerStride(), ws.routed_rows_.data(), n, d,
+                            ws.routed_x_.data(), d);
   }
 };
 
@@ -156,7 +154,7 @@ class Block {
     if (detail::overlaps(x, y))
       detail::fail(where, "y", "memory disjoint from x (use forward_inplace)", "overlapping x");
     detail::BlockForward::run(router_, capacity_, gate_, f, x, shape, y.data(), y.outerStride(),
-                              ws, lengths, where);
+                              ws, lengths);
   }
 
   template <class G>
@@ -165,7 +163,7 @@ class Block {
     constexpr std::string_view where = "Block::forward_inplace";
     check_input(where, x, shape, lengths);
     detail::BlockForward::run(router_, capacity_, gate_, f, MatrixCRef<T>(x), shape, x.data(),
-                              x.outerStride(), ws, lengths, where);
+                              x.outerStride(), ws, lengths);
   }
 
   Router<T> router_;

@@ -8,6 +8,26 @@
 
 namespace mixdepth {
 
+namespace detail {
+
+// The unchecked entry points Block calls once its own checks have passed; they pick the
+// kernel (portable or SIMD).
+template <class T>
+void gather_rows_unchecked(const T* src, Index src_stride, const Position* rows, Index n, Index d,
+                           T* dst, Index dst_stride) {
+  kernels::gather_rows_portable(src, src_stride, rows, n, d, dst, dst_stride);
+}
+
+template <class T>
+void scatter_gated_unchecked(const T* x, Index x_stride, T* y, Index y_stride, const Position* rows,
+                             Index n, Index d, const T* update, Index update_stride,
+                             const T* gates) {
+  kernels::scatter_gated_portable(x, x_stride, y, y_stride, rows, n, d, update, update_stride,
+                                  gates);
+}
+
+}  // namespace detail
+
 // out.row(j) = x.row(rows[j]). Throws mixdepth::Error unless out is [rows.size(), x.cols()]
 // and every row index is in [0, x.rows()).
 template <class T>
@@ -20,7 +40,7 @@ void gather_rows(MatrixCRef<T> x, std::span<const Position> rows, MatrixRef<T> o
       detail::fail(where, "rows[" + std::to_string(j) + "]",
                    "in [0, " + std::to_string(x.rows()) + ")", rows[j]);
   if (out.cols() == 0) return;
-  kernels::gather_rows_portable(x.data(), x.outerStride(), rows.data(),
+  detail::gather_rows_unchecked(x.data(), x.outerStride(), rows.data(),
                                 static_cast<Index>(rows.size()), x.cols(), out.data(),
                                 out.outerStride());
 }
@@ -47,7 +67,7 @@ void scatter_gated(MatrixCRef<T> x, std::span<const Position> rows, MatrixCRef<T
   if (x.cols() == 0) return;
   if (x.data() == y.data() && x.outerStride() != y.outerStride())
     detail::fail(where, "y.outerStride()", x.outerStride(), y.outerStride());
-  kernels::scatter_gated_portable(x.data(), x.outerStride(), y.data(), y.outerStride(),
+  detail::scatter_gated_unchecked(x.data(), x.outerStride(), y.data(), y.outerStride(),
                                   rows.data(), n, x.cols(), update.data(), update.outerStride(),
                                   gates.data());
 }

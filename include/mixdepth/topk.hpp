@@ -47,6 +47,17 @@ inline Index checked_top_k(std::string_view where, Shape shape, Index k, std::si
 // Throws mixdepth::Error (writing nothing) when scores.size() != shape.rows(), k < 0,
 // out.size() != shape.batch * k', or lengths is neither empty nor one length in [0, seq_len]
 // per sequence.
+namespace detail {
+
+// One sequence, arguments already checked: the kernel choice lives here.
+template <class T>
+void top_k_unchecked(const T* scores, Index n, Index valid, Index k, Position* out,
+                     TopKScratch<T>& scratch) {
+  kernels::top_k_portable(scores, n, valid, k, out, scratch.reserve(n));
+}
+
+}  // namespace detail
+
 template <class T>
 void select_top_k(std::span<const T> scores, Shape shape, Index k, std::span<Position> out,
                   std::span<const Index> lengths, TopKScratch<T>& scratch) {
@@ -56,11 +67,10 @@ void select_top_k(std::span<const T> scores, Shape shape, Index k, std::span<Pos
     detail::fail(where, "scores.size()", std::to_string(shape.rows()) + " (shape.batch * shape.seq_len)",
                  scores.size());
   if (kept == 0) return;
-  auto* entries = scratch.reserve(shape.seq_len);
   for (Index b = 0; b < shape.batch; ++b) {
     const Index valid = lengths.empty() ? shape.seq_len : lengths[b];
-    kernels::top_k_portable(scores.data() + b * shape.seq_len, shape.seq_len, valid, kept,
-                            out.data() + b * kept, entries);
+    detail::top_k_unchecked(scores.data() + b * shape.seq_len, shape.seq_len, valid, kept,
+                            out.data() + b * kept, scratch);
   }
 }
 
