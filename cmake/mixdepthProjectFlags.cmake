@@ -1,9 +1,11 @@
 # Flags for mixdepth's own tests, benchmarks and examples; never part of the installed
 # interface. Link `mixdepth_project_flags` to get them.
-set(CMAKE_CXX_EXTENSIONS OFF)  # ISO C++: GCC then does not contract a*b+c into an FMA
+set(CMAKE_CXX_EXTENSIONS OFF)
 
 add_library(mixdepth_project_flags INTERFACE)
-target_compile_options(mixdepth_project_flags INTERFACE -Wall -Wextra -Wpedantic)
+# -ffp-contract=off: GCC fuses a*b+c into an FMA by default (even in ISO C++ mode), which
+# would make results depend on the optimiser; the tests compare kernels bit for bit.
+target_compile_options(mixdepth_project_flags INTERFACE -Wall -Wextra -Wpedantic -ffp-contract=off)
 target_link_libraries(mixdepth_project_flags INTERFACE mixdepth::mixdepth)
 if(MIXDEPTH_NATIVE)
   target_compile_options(mixdepth_project_flags INTERFACE -march=native)

@@ -28,8 +28,10 @@ class Capacity {
     const double nearest = std::nearbyint(product);
     // c carries a relative error of at most 2^-53 from its decimal literal and the product
     // adds one more rounding; anything within a few ulps of an integer is that integer.
-    const double slack = 4.0 * 0x1p-52 * (nearest > 1.0 ? nearest : 1.0);
-    const double k = std::fabs(product - nearest) <= slack ? nearest : std::ceil(product);
+    // (A positive product never rounds down to 0: ceil of a tiny c * seq_len is 1.)
+    const double slack = 4.0 * 0x1p-52 * nearest;
+    const double k =
+        nearest >= 1.0 && std::fabs(product - nearest) <= slack ? nearest : std::ceil(product);
     const auto tokens = static_cast<Index>(k);
     return tokens < seq_len ? tokens : seq_len;
   }

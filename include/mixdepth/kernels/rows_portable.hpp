@@ -19,7 +19,7 @@ void gather_rows_portable(const T* src, std::ptrdiff_t src_stride, const std::in
 
 // y row rows[j] = x row rows[j] + gates[j] * update row j, for j in [0, n); x may equal y.
 // The product is rounded before the sum: no fused multiply-add unless the compiler contracts
-// (GCC does in GNU modes; mixdepth's own builds use ISO C++, where it does not).
+// (GCC does by default; mixdepth's own builds pass -ffp-contract=off).
 template <class T>
 void scatter_gated_portable(const T* x, std::ptrdiff_t x_stride, T* y, std::ptrdiff_t y_stride,
                             const std::int32_t* rows, std::ptrdiff_t n, std::ptrdiff_t d,

@@ -1,0 +1,307 @@
+// Block<T, F>: the invariants of Eq. 1 (DESIGN.md section 1) and its argument checks.
+#include "test_helpers.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+using namespace mixdepth;
+using namespace mixdepth::testing;
+
+namespace {
+
+// A row-local block function: f(x)_i = 2 tanh(x_i) + 0.5, never zero.
+struct RowLocal {
+  template <class T>
+  void operator()(const Routed<T>& in, std::type_identity_t<MatrixRef<T>> out) const {
+    out = (T(2) * in.x.array().tanh() + T(0.5)).matrix();
+  }
+  template <class M>
+  static auto dense(const M& x) {
+    using T = typename M::Scalar;
+    RowMatrix<T> f = (T(2) * x.array().tanh() + T(0.5)).matrix();
+    return f;
+  }
+};
+
+// Records what it was given, then acts like RowLocal.
+template <class T>
+struct Recorder {
+  std::vector<Position> positions;
+  std::vector<Index> offsets;
+  RowMatrix<T> seen;
+  void operator()(const Routed<T>& in, MatrixRef<T> out) {
+    positions.assign(in.positions.begin(), in.positions.end());
+    offsets.assign(in.offsets.begin(), in.offsets.end());
+    seen = in.x;
+    RowLocal{}(in, out);
+  }
+};
+
+struct Zero {
+  template <class T>
+  void operator()(const Routed<T>&, std::type_identity_t<MatrixRef<T>> out) const {
+    out.setZero();
+  }
+};
+
+template <class T, class F>
+Block<T, F> make_block(Index d, Capacity capacity, F f, Gate gate = Gate::identity, std::uint64_t seed = 7) {
+  return Block<T, F>(Router<T>(random_vector<T>(d, seed), T(0.1)), capacity, std::move(f), gate);
+}
+
+template <class T>
+Index changed_rows(const RowMatrix<T>& x, const RowMatrix<T>& y, Index first, Index count) {
+  Index changed = 0;
+  for (Index r = first; r < first + count; ++r) changed += !rows_bit_equal(x, r, y, r);
+  return changed;
+}
+
+template <class T>
+double tolerance() {
+  return std::is_same_v<T, float> ? 2e-6 : 1e-14;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("exactly min(k, S) rows change per sequence, all others are bit-identical", T, float, double) {
+  const Index d = 24;
+  for (Index s : {1, 5, 16, 33}) {
+    for (Index k : {0, 1, 3, 16, 40}) {
+      const Shape shape{3, s};
+      const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 100 + s);
+      RowMatrix<T> y(shape.rows(), d);
+      auto block = make_block<T>(d, Capacity::tokens(k), RowLocal{});
+      Workspace<T> ws;
+      block.forward(x, shape, y, ws);
+      for (Index b = 0; b < shape.batch; ++b) {
+        INFO("S=", s, " k=", k, " b=", b);
+        CHECK(changed_rows(x, y, b * s, s) == std::min(k, s));
+      }
+      // the changed rows are exactly the top-k of the block's own logits
+      std::vector<Position> expected(std::size_t(shape.batch * std::min(k, s)));
+      select_top_k<T>(ws.logits(), shape, k, expected);
+      CHECK(std::vector<Position>(ws.selected().begin(), ws.selected().end()) == expected);
+      for (std::size_t j = 0; j < ws.routed_rows().size(); ++j)
+        CHECK_FALSE(rows_bit_equal(x, ws.routed_rows()[j], y, ws.routed_rows()[j]));
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("k = S equals the dense block x + g(r) f(x), for both gates", T, float, double) {
+  const Index d = 16;
+  const Shape shape{2, 12};
+  const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 5);
+  for (Gate gate : {Gate::identity, Gate::sigmoid}) {
+    auto block = make_block<T>(d, Capacity::fraction(1.0), RowLocal{}, gate);
+    RowMatrix<T> y(shape.rows(), d);
+    Workspace<T> ws;
+    block.forward(x, shape, y, ws);
+    const RowMatrix<T> f = RowLocal::dense(x);
+    const Vector<T> w = block.router().weight();
+    for (Index r = 0; r < shape.rows(); ++r) {
+      const double logit = static_cast<double>((x.row(r) * w)(0)) + static_cast<double>(block.router().bias());
+      const double g = gate == Gate::identity ? logit : 1.0 / (1.0 + std::exp(-logit));
+      for (Index c = 0; c < d; ++c) {
+        const double expected = static_cast<double>(x(r, c)) + g * static_cast<double>(f(r, c));
+        CHECK(static_cast<double>(y(r, c)) == doctest::Approx(expected).epsilon(tolerance<T>() * 10).scale(1.0));
+      }
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("k = 0 is the identity and f = 0 gives y == x, bit for bit", T, float, double) {
+  const Index d = 8;
+  const Shape shape{4, 10};
+  const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 9);
+  RowMatrix<T> y = RowMatrix<T>::Constant(shape.rows(), d, T(-99));
+  Workspace<T> ws;
+  auto none = make_block<T>(d, Capacity::tokens(0), RowLocal{});
+  none.forward(x, shape, y, ws);
+  CHECK(bit_equal(x, y));
+  CHECK(ws.routed_rows().empty());
+  auto zero = make_block<T>(d, Capacity::fraction(0.5), Zero{});
+  y.setConstant(T(-99));
+  zero.forward(x, shape, y, ws);
+  CHECK(bit_equal(x, y));  // the router weight is never multiplied into the residual
+  CHECK(ws.routed_rows().size() == 20);
+}
+
+TEST_CASE_TEMPLATE("routed rows get y = x + g(r) f exactly once (no doubled residual)", T, float, double) {
+  const Index d = 12;
+  const Shape shape{2, 20};
+  const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 11);
+  RowMatrix<T> y(shape.rows(), d);
+  auto block = make_block<T>(d, Capacity::fraction(0.25), RowLocal{}, Gate::sigmoid);
+  Workspace<T> ws;
+  block.forward(x, shape, y, ws);
+  const auto rows = ws.routed_rows();
+  REQUIRE(rows.size() == 10);
+  for (std::size_t j = 0; j < rows.size(); ++j) {
+    const T g = sigmoid(ws.logits()[std::size_t(rows[j])]);
+    CHECK(ws.gates()[j] == g);
+    for (Index c = 0; c < d; ++c) {
+      const T product = g * ws.update()(Index(j), c);
+      CHECK(y(rows[j], c) == x(rows[j], c) + product);
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("the block function sees original positions, ascending, with per-sequence offsets", T, float, double) {
+  const Index d = 6;
+  const Shape shape{3, 17};
+  const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 21);
+  RowMatrix<T> y(shape.rows(), d);
+  auto block = make_block<T>(d, Capacity::fraction(0.3), Recorder<T>{});
+  Workspace<T> ws;
+  block.forward(x, shape, y, ws);
+  const auto& rec = block.function();
+  const Index k = Capacity::fraction(0.3)(17);
+  REQUIRE(rec.offsets == std::vector<Index>{0, k, 2 * k, 3 * k});
+  std::vector<Position> expected(std::size_t(3 * k));
+  select_top_k<T>(ws.logits(), shape, k, expected);
+  CHECK(rec.positions == expected);  // positions within each sequence, not compacted indices
+  for (Index b = 0; b < 3; ++b) {
+    CHECK(std::is_sorted(rec.positions.begin() + b * k, rec.positions.begin() + (b + 1) * k));
+    for (Index j = rec.offsets[std::size_t(b)]; j < rec.offsets[std::size_t(b + 1)]; ++j)
+      CHECK(rows_bit_equal(rec.seen, j, x, b * 17 + rec.positions[std::size_t(j)]));
+  }
+}
+
+TEST_CASE_TEMPLATE("forward_inplace equals forward bit for bit, const or not", T, float, double) {
+  const Index d = 20;
+  const Shape shape{3, 31};
+  const std::vector<Index> lengths = {31, 9, 0};
+  for (bool padded : {false, true}) {
+    const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 33);
+    RowMatrix<T> y(shape.rows(), d);
+    const auto block = make_block<T>(d, Capacity::fraction(0.4), RowLocal{}, Gate::sigmoid);
+    Workspace<T> ws;
+    const std::span<const Index> lens = padded ? std::span<const Index>(lengths) : std::span<const Index>();
+    block.forward(x, shape, y, ws, lens);
+    RowMatrix<T> inplace = x;
+    block.forward_inplace(inplace, shape, ws, lens);
+    CHECK(bit_equal(y, inplace));
+  }
+}
+
+TEST_CASE_TEMPLATE("padding is never routed to f and comes through unchanged", T, float, double) {
+  const Index d = 8;
+  const Shape shape{3, 12};
+  const std::vector<Index> lengths = {12, 3, 0};
+  RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 44);
+  x.row(12 + 5).setConstant(T(1e3));  // a padding row with a huge score must still be skipped
+  RowMatrix<T> y(shape.rows(), d);
+  Vector<T> w = Vector<T>::Ones(d);
+  Block<T, Recorder<T>> block(Router<T>(w), Capacity::fraction(0.5), Recorder<T>{});
+  Workspace<T> ws;
+  block.forward(x, shape, y, ws, lengths);
+  const auto& rec = block.function();
+  CHECK(rec.offsets == std::vector<Index>{0, 6, 9, 9});  // min(k, L_b) routed rows
+  for (Index b = 0; b < 3; ++b)
+    for (Index i = lengths[std::size_t(b)]; i < 12; ++i) CHECK(rows_bit_equal(x, b * 12 + i, y, b * 12 + i));
+  CHECK(changed_rows(x, y, 12, 12) == 3);
+  CHECK(changed_rows(x, y, 24, 12) == 0);
+  // select_top_k still reports exactly k per sequence, padding last
+  CHECK(ws.selected().size() == 18);
+  CHECK(ws.selected()[6] == 0);
+  CHECK(ws.selected()[9] == 3);  // first padding position of sequence 1
+}
+
+TEST_CASE_TEMPLATE("sequences never influence each other; permuting sequences permutes outputs", T, float, double) {
+  const Index d = 10, s = 14;
+  const Shape shape{4, s};
+  const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 55);
+  const auto block = make_block<T>(d, Capacity::fraction(0.25), RowLocal{}, Gate::identity);
+  Workspace<T> ws;
+  RowMatrix<T> y(shape.rows(), d);
+  block.forward(x, shape, y, ws);
+
+  const std::vector<Index> perm = {2, 0, 3, 1};
+  RowMatrix<T> xp(shape.rows(), d), yp(shape.rows(), d);
+  for (Index b = 0; b < 4; ++b) xp.middleRows(b * s, s) = x.middleRows(perm[std::size_t(b)] * s, s);
+  block.forward(xp, shape, yp, ws);
+  for (Index b = 0; b < 4; ++b)
+    CHECK(bit_equal(RowMatrix<T>(yp.middleRows(b * s, s)), RowMatrix<T>(y.middleRows(perm[std::size_t(b)] * s, s))));
+
+  RowMatrix<T> changed = x;
+  changed.middleRows(2 * s, s) = random_matrix<T>(s, d, 56);
+  RowMatrix<T> yc(shape.rows(), d);
+  block.forward(changed, shape, yc, ws);
+  for (Index b : {0, 1, 3})
+    CHECK(bit_equal(RowMatrix<T>(yc.middleRows(b * s, s)), RowMatrix<T>(y.middleRows(b * s, s))));
+}
+
+TEST_CASE("tied router scores still route exactly k tokens (lowest positions)") {
+  const Index d = 4;
+  const Shape shape{2, 8};
+  const RowMatrix<float> x = RowMatrix<float>::Ones(shape.rows(), d);  // every logit equal
+  RowMatrix<float> y(shape.rows(), d);
+  Block<float, Recorder<float>> block(Router<float>(Vector<float>::Ones(d)), Capacity::tokens(3), Recorder<float>{});
+  Workspace<float> ws;
+  block.forward(x, shape, y, ws);
+  CHECK(block.function().positions == std::vector<Position>{0, 1, 2, 0, 1, 2});
+}
+
+TEST_CASE("strided views and Eigen Tensor adapters work without copies") {
+  const Index d = 6;
+  const Shape shape{2, 5};
+  RowMatrix<float> wide = random_matrix<float>(shape.rows(), d + 3, 77);
+  const RowMatrix<float> x = wide.leftCols(d);
+  const auto block = make_block<float>(d, Capacity::fraction(0.4), RowLocal{});
+  Workspace<float> ws;
+  RowMatrix<float> expected(shape.rows(), d);
+  block.forward(x, shape, expected, ws);
+
+  RowMatrix<float> wide_out = RowMatrix<float>::Zero(shape.rows(), d + 3);
+  block.forward(wide.leftCols(d), shape, wide_out.rightCols(d), ws);
+  CHECK(bit_equal(RowMatrix<float>(wide_out.rightCols(d)), expected));
+  CHECK((wide_out.leftCols(3).array() == 0.f).all());
+
+  Tensor3<float> input(2, 5, d), output(2, 5, d);
+  as_matrix(input) = x;
+  CHECK(as_matrix(input).data() == input.data());  // zero-copy
+  CHECK(shape_of(input) == shape);
+  block.forward(as_matrix(std::as_const(input)), shape_of(input), as_matrix(output), ws);
+  CHECK(bit_equal(RowMatrix<float>(as_matrix(std::as_const(output))), expected));
+  auto view = as_tensor<float>(MatrixRef<float>(expected), shape);
+  CHECK(view.data() == expected.data());
+  CHECK(view(1, 2, 3) == expected(7, 3));
+  require_mentions(error_message([&] { as_tensor<float>(MatrixRef<float>(expected), Shape{3, 5}); }),
+                   {"as_tensor", "m.rows()", "15", "10"});
+}
+
+TEST_CASE("Block rejects bad input with a message naming it, and leaves y untouched") {
+  const Index d = 5;
+  const Shape shape{2, 4};
+  const auto block = make_block<float>(d, Capacity::fraction(0.5), RowLocal{});
+  Workspace<float> ws;
+  RowMatrix<float> x = random_matrix<float>(8, d, 1);
+  RowMatrix<float> y = RowMatrix<float>::Constant(8, d, 42.f);
+  auto untouched = [&] { return (y.array() == 42.f).all(); };
+
+  RowMatrix<float> wrong_d = random_matrix<float>(8, d + 1, 2);
+  RowMatrix<float> y_wrong_d = RowMatrix<float>::Constant(8, d + 1, 42.f);
+  require_mentions(error_message([&] { block.forward(wrong_d, shape, y_wrong_d, ws); }),
+                   {"Block::forward", "x.cols()", "expected 5", "got 6"});
+  CHECK((y_wrong_d.array() == 42.f).all());
+  require_mentions(error_message([&] { block.forward(x, Shape{3, 4}, y, ws); }),
+                   {"x.rows()", "expected 12", "got 8"});
+  RowMatrix<float> short_y(7, d);
+  require_mentions(error_message([&] { block.forward(x, shape, short_y, ws); }), {"y.rows()", "expected 8", "got 7"});
+  require_mentions(error_message([&] { block.forward(x, shape, x, ws); }), {"y", "disjoint", "overlapping x"});
+  RowMatrix<float> big = random_matrix<float>(9, d, 3);
+  require_mentions(error_message([&] { block.forward(big.topRows(8), shape, big.bottomRows(8), ws); }),
+                   {"overlapping"});
+  const std::vector<Index> too_long = {4, 5};
+  require_mentions(error_message([&] { block.forward(x, shape, y, ws, too_long); }), {"lengths[1]", "[0, 4]", "got 5"});
+  const std::vector<Index> one = {4};
+  require_mentions(error_message([&] { block.forward(x, shape, y, ws, one); }), {"lengths.size()", "got 1"});
+  require_mentions(error_message([&] { block.forward(x, Shape{-1, 4}, y, ws); }), {"shape.batch", "-1"});
+  CHECK(untouched());
+
+  RowMatrix<float> before = x;
+  require_mentions(error_message([&] { block.forward_inplace(x, Shape{2, 3}, ws); }),
+                   {"Block::forward_inplace", "x.rows()", "expected 6", "got 8"});
+  CHECK(bit_equal(x, before));
+}

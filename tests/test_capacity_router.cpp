@@ -1,0 +1,108 @@
+// Capacity rounding, the router, the gate and argument checking of the small pieces.
+#include "test_helpers.hpp"
+
+#include <cmath>
+#include <limits>
+
+using namespace mixdepth;
+using namespace mixdepth::testing;
+
+TEST_CASE("Capacity::fraction gives ceil(c*S) without rounding exact decimal products up") {
+  CHECK(Capacity::fraction(0.1)(30) == 3);       // 0.1 * 30 == 3.0000000000000004 in double
+  CHECK(Capacity::fraction(0.3)(10) == 3);
+  CHECK(Capacity::fraction(0.7)(10) == 7);
+  CHECK(Capacity::fraction(0.125)(2048) == 256);  // the paper's setting
+  CHECK(Capacity::fraction(0.1)(31) == 4);        // 3.1 rounds up
+  CHECK(Capacity::fraction(1.0)(17) == 17);
+  CHECK(Capacity::fraction(1e-12)(10) == 1);      // any positive fraction takes a token
+  CHECK(Capacity::fraction(0.5)(0) == 0);
+
+  // Exhaustively against integer arithmetic: c = p / q parsed as a decimal double.
+  for (int q : {10, 100, 1000, 10000}) {
+    for (int p = 1; p <= q; p += (q >= 1000 ? 7 : 1)) {
+      const double c = static_cast<double>(p) / q;
+      const Capacity capacity = Capacity::fraction(c);
+      for (Index s = 0; s <= 2100; s += (s < 300 ? 1 : 37)) {
+        const Index exact = (Index{p} * s + q - 1) / q;  // ceil(p*s/q)
+        if (capacity(s) != exact) {
+          INFO("c = ", p, "/", q, " S = ", s);
+          REQUIRE(capacity(s) == exact);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("Capacity::tokens gives min(n, S)") {
+  CHECK(Capacity::tokens(0)(10) == 0);
+  CHECK(Capacity::tokens(4)(10) == 4);
+  CHECK(Capacity::tokens(40)(10) == 10);
+  CHECK(Capacity::tokens(3)(0) == 0);
+  CHECK(Capacity::tokens(5).tokens_value() == 5);
+  CHECK_FALSE(Capacity::tokens(5).is_fraction());
+  CHECK(Capacity::fraction(0.25).is_fraction());
+}
+
+TEST_CASE("Capacity rejects values outside its range with a message naming them") {
+  require_mentions(error_message([] { Capacity::fraction(0.0); }), {"Capacity::fraction", "c", "(0, 1]", "got 0"});
+  require_mentions(error_message([] { Capacity::fraction(1.5); }), {"c", "(0, 1]", "1.5"});
+  require_mentions(error_message([] { Capacity::fraction(-0.25); }), {"-0.25"});
+  require_mentions(error_message([] { Capacity::fraction(std::nan("")); }), {"nan"});
+  require_mentions(error_message([] { Capacity::tokens(-3); }), {"Capacity::tokens", "n", ">= 0", "-3"});
+  require_mentions(error_message([] { Capacity::tokens(2)(-1); }), {"seq_len", "-1"});
+  // mixdepth::Error is an std::invalid_argument
+  CHECK_THROWS_AS(Capacity::fraction(2.0), std::invalid_argument);
+}
+
+TEST_CASE_TEMPLATE("Router::score computes x w + bias for every row", T, float, double) {
+  const Index rows = 37, d = 19;
+  const RowMatrix<T> x = random_matrix<T>(rows, d, 1);
+  const Vector<T> w = random_vector<T>(d, 2);
+  const Router<T> router(w, T(0.75));
+  Vector<T> logits(rows);
+  router.score(x, logits);
+  for (Index i = 0; i < rows; ++i) {
+    long double expected = 0.75L;
+    for (Index c = 0; c < d; ++c) expected += static_cast<long double>(x(i, c)) * w(c);
+    CHECK(static_cast<double>(logits(i)) ==
+          doctest::Approx(static_cast<double>(expected)).epsilon(std::is_same_v<T, float> ? 1e-5 : 1e-12));
+  }
+  CHECK(router.dim() == d);
+  CHECK(router.bias() == T(0.75));
+
+  // A strided view (a column block of a wider matrix) scores the same.
+  RowMatrix<T> wide = random_matrix<T>(rows, d + 5, 3);
+  wide.leftCols(d) = x;
+  Vector<T> strided(rows);
+  router.score(wide.leftCols(d), strided);
+  CHECK(bit_equal(strided, logits));
+}
+
+TEST_CASE("Router rejects mismatched shapes and leaves the logits untouched") {
+  const Router<float> router(Vector<float>::Ones(4));
+  RowMatrix<float> x = RowMatrix<float>::Ones(3, 5);
+  Vector<float> logits = Vector<float>::Constant(3, 42.f);
+  require_mentions(error_message([&] { router.score(x, logits); }),
+                   {"Router::score", "x.cols()", "expected 4", "got 5"});
+  CHECK((logits.array() == 42.f).all());
+  RowMatrix<float> ok = RowMatrix<float>::Ones(3, 4);
+  Vector<float> short_logits = Vector<float>::Constant(2, 42.f);
+  require_mentions(error_message([&] { router.score(ok, short_logits); }),
+                   {"logits.size()", "expected 3", "got 2"});
+  CHECK((short_logits.array() == 42.f).all());
+  require_mentions(error_message([] { Router<float> empty(Vector<float>(0)); }), {"weight.size()"});
+}
+
+TEST_CASE_TEMPLATE("Gates: identity passes r through, sigmoid is stable for large |r|", T, float, double) {
+  CHECK(apply_gate(Gate::identity, T(-2.5)) == T(-2.5));
+  CHECK(apply_gate(Gate::sigmoid, T(0)) == T(0.5));
+  CHECK(apply_gate(Gate::sigmoid, T(1000)) == T(1));
+  CHECK(apply_gate(Gate::sigmoid, T(-1000)) == T(0));
+  CHECK_FALSE(std::isnan(apply_gate(Gate::sigmoid, -std::numeric_limits<T>::infinity())));
+  for (double r : {-30.0, -3.0, -0.5, 0.25, 4.0, 20.0}) {
+    CHECK(static_cast<double>(sigmoid(T(r))) == doctest::Approx(1.0 / (1.0 + std::exp(-r))).epsilon(1e-6));
+    const double s = 1.0 / (1.0 + std::exp(-r));
+    CHECK(static_cast<double>(gate_derivative(Gate::sigmoid, T(r))) == doctest::Approx(s * (1 - s)).epsilon(1e-5));
+  }
+  CHECK(gate_derivative(Gate::identity, T(7)) == T(1));
+}
