@@ -39,6 +39,9 @@ struct BlockForward {
                            std::span<const Index>(ws.offsets_.data(), std::size_t(shape.batch + 1)),
                            &ws.arena_};
     f(routed, MatrixRef<T>(update));
+    // Consolidate now: if f needed more scratch than ever before, the one allocation that
+    // merges it happens here, not in the next (otherwise allocation-free) forward.
+    ws.arena_.reset();
 
     // y = x everywhere (a no-op in place), then y_i = x_i + g(r_i) f_i on routed rows.
     if (y_data != x.data()) {
