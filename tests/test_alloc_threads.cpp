@@ -13,6 +13,9 @@ namespace {
 std::atomic<long> allocations{0};
 }
 
+// The replacements below pair malloc/aligned_alloc with free on purpose.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+
 void* operator new(std::size_t size) {
   allocations.fetch_add(1, std::memory_order_relaxed);
   if (void* p = std::malloc(size ? size : 1)) return p;

@@ -1,12 +1,15 @@
 #pragma once
 // Block<T, F>: the Mixture-of-Depths block of Eq. 1 around a user-supplied block function.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <string>
 #include <utility>
 
 #include "capacity.hpp"
+#include "causal.hpp"
 #include "gate.hpp"
 #include "gather.hpp"
 #include "routed.hpp"
@@ -19,24 +22,108 @@ namespace mixdepth {
 
 namespace detail {
 
-// The forward pass shared by Block's const and non-const, out-of-place and in-place entry
-// points. Every check runs before anything is written to y.
-struct BlockForward {
-  template <class T, class F>
-  static void run(const Router<T>& router, const Capacity& capacity, Gate gate, F& f,
-                  MatrixCRef<T> x, Shape shape, T* y_data, Index y_stride, Workspace<T>& ws,
-                  std::span<const Index> lengths) {
-    const Index d = router.dim();
-    const Index k = capacity(shape.seq_len);
-    route(router, k, gate, x, shape, ws, lengths);
+// Where each sequence's first row sits in its whole sequence: empty (0 for all) or one
+// start per sequence, so that start + seq_len fits a Position.
+inline void check_starts(std::string_view where, Shape shape, std::span<const Index> starts) {
+  if (starts.empty()) return;
+  if (static_cast<Index>(starts.size()) != shape.batch)
+    fail(where, "start_positions.size()", std::to_string(shape.batch) + " (shape.batch) or 0",
+         starts.size());
+  const Index limit = Index{std::numeric_limits<Position>::max()} - shape.seq_len;
+  for (std::size_t b = 0; b < starts.size(); ++b)
+    if (starts[b] < 0 || starts[b] > limit)
+      fail(where, "start_positions[" + std::to_string(b) + "]",
+           "in [0, " + std::to_string(limit) + "]", starts[b]);
+}
 
+// The forward pass shared by every Block entry point. Every check has run before it starts;
+// nothing is written to y before the block function has returned.
+struct BlockForward {
+  template <class T>
+  static void score(const Router<T>& router, MatrixCRef<T> x, Shape shape, Workspace<T>& ws,
+                    Index k) {
+    ws.reserve(shape, router.dim(), k);
+    ws.shape_ = shape;
+    ws.k_ = k;
+    ws.dim_ = router.dim();
+    Eigen::Map<Vector<T>> logits(ws.logits_.data(), shape.rows());
+    router.score(x, logits);
+  }
+
+  template <class T>
+  static std::span<const T> logits(const Workspace<T>& ws) {
+    return {ws.logits_.data(), std::size_t(ws.shape_.rows())};
+  }
+
+  // Routes the top k of every sequence (section 1 of the contract).
+  template <class T>
+  static void select_top_k_rows(Workspace<T>& ws, std::span<const Index> lengths,
+                                std::span<const Index> starts, Gate gate) {
+    const Shape shape = ws.shape_;
+    const Index k = ws.k_;
+    std::span<Position> selected(ws.selected_.data(), std::size_t(shape.batch * k));
+    select_top_k(logits(ws), shape, k, selected, lengths, ws.top_k_scratch_);
+    Index n = 0;
+    ws.offsets_[0] = 0;
+    for (Index b = 0; b < shape.batch; ++b) {
+      const Index valid = lengths.empty() ? shape.seq_len : lengths[b];
+      // Padding is a suffix of each sequence's (ascending) selection and is never routed.
+      for (Index j = 0; j < k; ++j) {
+        const Position p = selected[std::size_t(b * k + j)];
+        if (p >= valid) break;
+        add_row(ws, n++, b, p, starts, gate);
+      }
+      ws.offsets_[std::size_t(b + 1)] = n;
+    }
+    ws.routed_ = n;
+  }
+
+  // Routes every valid token the causal rule accepts (section 2 of the contract).
+  template <class T, class Rule>
+  static void select_causal_rows(Workspace<T>& ws, MatrixCRef<T> x, const Rule& rule,
+                                 std::span<const Index> lengths, std::span<const Index> starts,
+                                 Gate gate) {
+    const Shape shape = ws.shape_;
+    std::span<std::uint8_t> decisions(ws.decisions_.data(), std::size_t(shape.rows()));
+    ws.arena_.reset();
+    rule.route(x, logits(ws), decisions, ws.arena_);
+    ws.arena_.reset();
+    Index n = 0;
+    ws.offsets_[0] = 0;
+    for (Index b = 0; b < shape.batch; ++b) {
+      const Index valid = lengths.empty() ? shape.seq_len : lengths[b];
+      for (Index p = 0; p < valid; ++p)
+        if (decisions[std::size_t(b * shape.seq_len + p)]) add_row(ws, n++, b, Position(p), starts, gate);
+      ws.offsets_[std::size_t(b + 1)] = n;
+    }
+    ws.routed_ = n;
+  }
+
+  template <class T>
+  static void add_row(Workspace<T>& ws, Index j, Index b, Position p, std::span<const Index> starts,
+                      Gate gate) {
+    const auto row = static_cast<Position>(b * ws.shape_.seq_len + p);
+    ws.routed_rows_[std::size_t(j)] = row;
+    ws.routed_positions_[std::size_t(j)] =
+        static_cast<Position>(p + (starts.empty() ? Index{0} : starts[std::size_t(b)]));
+    ws.gates_[std::size_t(j)] = apply_gate(gate, ws.logits_[std::size_t(row)]);
+  }
+
+  // Gathers the routed rows, runs f on them, and writes y (Eq. 1).
+  template <class T, class F>
+  static void apply(F& f, MatrixCRef<T> x, T* y_data, Index y_stride, Workspace<T>& ws) {
     const Index n = ws.routed_;
+    const Index d = ws.dim_;
+    const Index batch = ws.shape_.batch;
+    if (n > 0 && d > 0)
+      gather_rows_unchecked(x.data(), x.outerStride(), ws.routed_rows_.data(), n, d,
+                            ws.routed_x_.data(), d);
     ws.arena_.reset();
     ConstRowMatrixMap<T> routed_x(ws.routed_x_.data(), n, d);
     RowMatrixMap<T> update(ws.update_.data(), n, d);
     const Routed<T> routed{routed_x,
                            std::span<const Position>(ws.routed_positions_.data(), std::size_t(n)),
-                           std::span<const Index>(ws.offsets_.data(), std::size_t(shape.batch + 1)),
+                           std::span<const Index>(ws.offsets_.data(), std::size_t(batch + 1)),
                            &ws.arena_};
     f(routed, MatrixRef<T>(update));
     // Consolidate now: if f needed more scratch than ever before, the one allocation that
@@ -44,51 +131,12 @@ struct BlockForward {
     ws.arena_.reset();
 
     // y = x everywhere (a no-op in place), then y_i = x_i + g(r_i) f_i on routed rows.
-    if (y_data != x.data()) {
+    if (y_data != x.data())
       for (Index r = 0; r < x.rows(); ++r)
         std::memcpy(y_data + r * y_stride, x.data() + r * x.outerStride(), sizeof(T) * std::size_t(d));
-    }
     if (n > 0)
       scatter_gated_unchecked(x.data(), x.outerStride(), y_data, y_stride, ws.routed_rows_.data(),
                               n, d, ws.update_.data(), d, ws.gates_.data());
-  }
-
-  // Scores, selects and gathers: fills ws with the routed batch.
-  template <class T>
-  static void route(const Router<T>& router, Index k, Gate gate, MatrixCRef<T> x, Shape shape,
-                    Workspace<T>& ws, std::span<const Index> lengths) {
-    const Index rows = shape.rows();
-    const Index d = router.dim();
-    ws.reserve(shape, d, k);
-    ws.shape_ = shape;
-    ws.k_ = k;
-    ws.dim_ = d;
-    Eigen::Map<Vector<T>> logits(ws.logits_.data(), rows);
-    router.score(x, logits);
-    std::span<Position> selected(ws.selected_.data(), std::size_t(shape.batch * k));
-    select_top_k(std::span<const T>(ws.logits_.data(), std::size_t(rows)), shape, k, selected,
-                 lengths, ws.top_k_scratch_);
-
-    // Keep the valid (non-padding) selections: padding is a suffix of each sequence's list.
-    Index n = 0;
-    ws.offsets_[0] = 0;
-    for (Index b = 0; b < shape.batch; ++b) {
-      const Index valid = lengths.empty() ? shape.seq_len : lengths[b];
-      for (Index j = 0; j < k; ++j) {
-        const Position p = selected[std::size_t(b * k + j)];
-        if (p >= valid) break;
-        const auto row = static_cast<Position>(b * shape.seq_len + p);
-        ws.routed_positions_[std::size_t(n)] = p;
-        ws.routed_rows_[std::size_t(n)] = row;
-        ws.gates_[std::size_t(n)] = apply_gate(gate, ws.logits_[std::size_t(row)]);
-        ++n;
-      }
-      ws.offsets_[std::size_t(b + 1)] = n;
-    }
-    ws.routed_ = n;
-    if (n > 0 && d > 0)
-      gather_rows_unchecked(x.data(), x.outerStride(), ws.routed_rows_.data(), n, d,
-                            ws.routed_x_.data(), d);
   }
 };
 
@@ -100,8 +148,15 @@ struct BlockForward {
 // f must be callable as f(const Routed<T>&, MatrixRef<T> out); it writes the residual-free
 // update. Const calls need f to be const-callable; a const block may be used from several
 // threads at once when each thread passes its own workspace.
+//
+// forward_causal routes by a causal rule instead of top-k (decoding; DESIGN.md section 2):
+// each sequence then routes its own number of tokens. Its start_positions give each
+// sequence's position of its first row (a decode step passes the tokens already seen), so
+// that f still sees original positions.
 template <class T, BlockFunction<T> F>
 class Block {
+  static constexpr bool const_callable = std::invocable<const F&, const Routed<T>&, MatrixRef<T>>;
+
  public:
   Block(Router<T> router, Capacity capacity, F f, Gate gate = Gate::identity)
       : router_(std::move(router)), capacity_(capacity), f_(std::move(f)), gate_(gate) {}
@@ -114,7 +169,7 @@ class Block {
   }
   void forward(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Workspace<T>& ws,
                std::span<const Index> lengths = {}) const
-    requires std::invocable<const F&, const Routed<T>&, MatrixRef<T>>
+    requires const_callable
   {
     forward_impl(f_, x, shape, y, ws, lengths);
   }
@@ -126,9 +181,25 @@ class Block {
   }
   void forward_inplace(MatrixRef<T> x, Shape shape, Workspace<T>& ws,
                        std::span<const Index> lengths = {}) const
-    requires std::invocable<const F&, const Routed<T>&, MatrixRef<T>>
+    requires const_callable
   {
     forward_inplace_impl(f_, x, shape, ws, lengths);
+  }
+
+  // y = MoD(x) with every valid token routed when `rule` says so (no top-k, no capacity).
+  template <CausalRule<T> Rule>
+  void forward_causal(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Workspace<T>& ws,
+                      const Rule& rule, std::span<const Index> lengths = {},
+                      std::span<const Index> start_positions = {}) {
+    forward_causal_impl(f_, x, shape, y, ws, rule, lengths, start_positions);
+  }
+  template <CausalRule<T> Rule>
+  void forward_causal(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Workspace<T>& ws,
+                      const Rule& rule, std::span<const Index> lengths = {},
+                      std::span<const Index> start_positions = {}) const
+    requires const_callable
+  {
+    forward_causal_impl(f_, x, shape, y, ws, rule, lengths, start_positions);
   }
 
   const Router<T>& router() const { return router_; }
@@ -147,26 +218,49 @@ class Block {
     detail::check_lengths(where, shape, lengths);
   }
 
+  void check_output(std::string_view where, MatrixCRef<T> x, MatrixRef<T> y) const {
+    detail::require_equal(where, "y.rows()", x.rows(), y.rows());
+    detail::require_equal(where, "y.cols()", x.cols(), y.cols());
+    if (detail::overlaps(x, y))
+      detail::fail(where, "y", "memory disjoint from x (use forward_inplace)", "overlapping x");
+  }
+
   template <class G>
   void forward_impl(G& f, MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Workspace<T>& ws,
                     std::span<const Index> lengths) const {
     constexpr std::string_view where = "Block::forward";
     check_input(where, x, shape, lengths);
-    detail::require_equal(where, "y.rows()", x.rows(), y.rows());
-    detail::require_equal(where, "y.cols()", x.cols(), y.cols());
-    if (detail::overlaps(x, y))
-      detail::fail(where, "y", "memory disjoint from x (use forward_inplace)", "overlapping x");
-    detail::BlockForward::run(router_, capacity_, gate_, f, x, shape, y.data(), y.outerStride(),
-                              ws, lengths);
+    check_output(where, x, y);
+    run_top_k(f, x, shape, y.data(), y.outerStride(), ws, lengths);
   }
 
   template <class G>
   void forward_inplace_impl(G& f, MatrixRef<T> x, Shape shape, Workspace<T>& ws,
                             std::span<const Index> lengths) const {
-    constexpr std::string_view where = "Block::forward_inplace";
+    check_input("Block::forward_inplace", x, shape, lengths);
+    run_top_k(f, MatrixCRef<T>(x), shape, x.data(), x.outerStride(), ws, lengths);
+  }
+
+  template <class G>
+  void run_top_k(G& f, MatrixCRef<T> x, Shape shape, T* y_data, Index y_stride, Workspace<T>& ws,
+                 std::span<const Index> lengths) const {
+    detail::BlockForward::score(router_, x, shape, ws, capacity_(shape.seq_len));
+    detail::BlockForward::select_top_k_rows(ws, lengths, {}, gate_);
+    detail::BlockForward::apply(f, x, y_data, y_stride, ws);
+  }
+
+  template <class G, class Rule>
+  void forward_causal_impl(G& f, MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Workspace<T>& ws,
+                           const Rule& rule, std::span<const Index> lengths,
+                           std::span<const Index> starts) const {
+    constexpr std::string_view where = "Block::forward_causal";
     check_input(where, x, shape, lengths);
-    detail::BlockForward::run(router_, capacity_, gate_, f, MatrixCRef<T>(x), shape, x.data(),
-                              x.outerStride(), ws, lengths);
+    check_output(where, x, y);
+    detail::check_starts(where, shape, starts);
+    detail::BlockForward::score(router_, x, shape, ws, shape.seq_len);
+    detail::BlockForward::select_causal_rows(ws, x, rule, lengths, starts, gate_);
+    ws.k_ = 0;  // no top-k selection in this mode
+    detail::BlockForward::apply(f, x, y.data(), y.outerStride(), ws);
   }
 
   Router<T> router_;

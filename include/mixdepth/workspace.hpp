@@ -3,6 +3,7 @@
 // grow, so once a workspace has seen the largest shape a forward allocates nothing. One
 // workspace per thread; after a forward it still holds what that forward routed (logits,
 // selected positions, update), which a backward pass reads instead of recomputing.
+#include <cstdint>
 #include <span>
 #include <vector>
 
@@ -27,14 +28,15 @@ class Workspace {
 
   // What the last forward computed.
   Shape shape() const { return shape_; }
-  Index k() const { return k_; }  // tokens selected per sequence, padding included
+  // Tokens selected per sequence by top-k, padding included (0 after a causal forward).
+  Index k() const { return k_; }
   // Router logits of every row, [shape.rows()].
   std::span<const T> logits() const { return {logits_.data(), size(shape_.rows())}; }
   // select_top_k output: k positions per sequence, ascending, padding included.
   std::span<const Position> selected() const { return {selected_.data(), size(shape_.batch * k_)}; }
   // The routed (non-padding) rows as global row indices b * seq_len + position, [n].
   std::span<const Position> routed_rows() const { return {routed_rows_.data(), size(routed_)}; }
-  // Their positions within their sequences, [n].
+  // Their positions within their sequences (plus the sequence's start position), [n].
   std::span<const Position> routed_positions() const {
     return {routed_positions_.data(), size(routed_)};
   }
@@ -62,6 +64,7 @@ class Workspace {
     grow(gates_, shape.batch * kept);
     grow(routed_x_, shape.batch * kept * dim);
     grow(update_, shape.batch * kept * dim);
+    grow(decisions_, shape.rows());
     top_k_scratch_.reserve(shape.seq_len);
   }
 
@@ -86,6 +89,7 @@ class Workspace {
   std::vector<T> gates_;
   std::vector<T> routed_x_;
   std::vector<T> update_;
+  std::vector<std::uint8_t> decisions_;  // causal mode: the rule's decision per row
   TopKScratch<T> top_k_scratch_;
   Arena<T> arena_;
 };
