@@ -97,6 +97,7 @@ struct BlockForward {
       ws.offsets_[std::size_t(b + 1)] = n;
     }
     ws.routed_ = n;
+    ws.k_ = 0;  // no top-k selection in this mode
   }
 
   template <class T>
@@ -259,7 +260,6 @@ class Block {
     detail::check_starts(where, shape, starts);
     detail::BlockForward::score(router_, x, shape, ws, shape.seq_len);
     detail::BlockForward::select_causal_rows(ws, x, rule, lengths, starts, gate_);
-    ws.k_ = 0;  // no top-k selection in this mode
     detail::BlockForward::apply(f, x, y.data(), y.outerStride(), ws);
   }
 

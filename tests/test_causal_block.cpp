@@ -1,0 +1,118 @@
+// Block::forward_causal: routing by a per-token causal rule instead of top-k.
+#include "test_helpers.hpp"
+
+using namespace mixdepth;
+using namespace mixdepth::testing;
+
+namespace {
+
+template <class T>
+struct PositionRecorder {
+  std::vector<Position> positions;
+  std::vector<Index> offsets;
+  void operator()(const Routed<T>& in, MatrixRef<T> out) {
+    positions.assign(in.positions.begin(), in.positions.end());
+    offsets.assign(in.offsets.begin(), in.offsets.end());
+    out = (in.x.array().sin() + T(1)).matrix();
+  }
+};
+
+template <class T>
+struct RouteAll {
+  void route(MatrixCRef<T>, std::span<const T>, std::span<std::uint8_t> routed, Arena<T>&) const {
+    std::fill(routed.begin(), routed.end(), std::uint8_t{1});
+  }
+};
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("forward_causal with RouterThreshold routes exactly the tokens with r > threshold", T, float, double) {
+  const Index d = 9;
+  const Shape shape{3, 21};
+  const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 301);
+  Block<T, PositionRecorder<T>> block(Router<T>(random_vector<T>(d, 302)), Capacity::fraction(0.125),
+                                      PositionRecorder<T>{}, Gate::sigmoid);
+  Workspace<T> ws;
+  RowMatrix<T> y(shape.rows(), d);
+  const RouterThreshold<T> rule{T(0.3)};
+  block.forward_causal(x, shape, y, ws, rule);
+
+  std::vector<Position> expected_positions;
+  std::vector<Index> expected_offsets = {0};
+  for (Index b = 0; b < shape.batch; ++b) {
+    for (Index p = 0; p < shape.seq_len; ++p) {
+      const Index row = b * shape.seq_len + p;
+      const bool routed = ws.logits()[std::size_t(row)] > T(0.3);
+      if (routed) expected_positions.push_back(Position(p));
+      CHECK(rows_bit_equal(x, row, y, row) == !routed);
+    }
+    expected_offsets.push_back(Index(expected_positions.size()));
+  }
+  CHECK(block.function().positions == expected_positions);
+  CHECK(block.function().offsets == expected_offsets);
+  // counts differ between sequences: the batch is ragged
+  CHECK(ws.k() == 0);
+  CHECK(ws.selected().empty());
+  CHECK(ws.routed_rows().size() == expected_positions.size());
+  for (std::size_t j = 0; j < ws.routed_rows().size(); ++j)
+    for (Index c = 0; c < d; ++c) {
+      const Index row = ws.routed_rows()[j];
+      const T product = sigmoid(ws.logits()[std::size_t(row)]) * ws.update()(Index(j), c);
+      CHECK(y(row, c) == x(row, c) + product);
+    }
+}
+
+TEST_CASE_TEMPLATE("forward_causal routing every token equals top-k with k = S, bit for bit", T, float, double) {
+  const Index d = 7;
+  const Shape shape{2, 13};
+  const std::vector<Index> lengths = {13, 6};
+  const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 303);
+  Block<T, PositionRecorder<T>> block(Router<T>(random_vector<T>(d, 304)), Capacity::fraction(1.0),
+                                      PositionRecorder<T>{});
+  Workspace<T> ws;
+  RowMatrix<T> dense(shape.rows(), d), causal(shape.rows(), d);
+  block.forward(x, shape, dense, ws, lengths);
+  block.forward_causal(x, shape, causal, ws, RouteAll<T>{}, lengths);
+  CHECK(bit_equal(dense, causal));
+  CHECK(block.function().offsets == std::vector<Index>{0, 13, 19});  // padding never routed
+}
+
+TEST_CASE("forward_causal start positions shift what f sees, and a rule routing nothing is the identity") {
+  const Index d = 4;
+  const Shape shape{2, 3};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), d, 305);
+  Block<float, PositionRecorder<float>> block(Router<float>(Vector<float>::Ones(d)), Capacity::tokens(1),
+                                              PositionRecorder<float>{});
+  Workspace<float> ws;
+  RowMatrix<float> y(shape.rows(), d);
+  const std::vector<Index> starts = {100, 7};
+  block.forward_causal(x, shape, y, ws, RouteAll<float>{}, {}, starts);
+  CHECK(block.function().positions == std::vector<Position>{100, 101, 102, 7, 8, 9});
+  CHECK(std::vector<Position>(ws.routed_positions().begin(), ws.routed_positions().end()) ==
+        std::vector<Position>{100, 101, 102, 7, 8, 9});
+
+  const RouterThreshold<float> never{std::numeric_limits<float>::infinity()};
+  block.forward_causal(x, shape, y, ws, never);
+  CHECK(bit_equal(x, y));
+  CHECK(block.function().offsets == std::vector<Index>{0, 0, 0});
+}
+
+TEST_CASE("forward_causal rejects bad start positions and leaves y untouched") {
+  const Index d = 4;
+  const Shape shape{2, 3};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), d, 306);
+  Block<float, PositionRecorder<float>> block(Router<float>(Vector<float>::Ones(d)), Capacity::tokens(1),
+                                              PositionRecorder<float>{});
+  Workspace<float> ws;
+  RowMatrix<float> y = RowMatrix<float>::Constant(shape.rows(), d, 5.f);
+  const std::vector<Index> one = {0};
+  require_mentions(error_message([&] { block.forward_causal(x, shape, y, ws, RouteAll<float>{}, {}, one); }),
+                   {"Block::forward_causal", "start_positions.size()", "got 1"});
+  const std::vector<Index> negative = {0, -4};
+  require_mentions(error_message([&] { block.forward_causal(x, shape, y, ws, RouteAll<float>{}, {}, negative); }),
+                   {"start_positions[1]", "got -4"});
+  RowMatrix<float> wrong_y = RowMatrix<float>::Constant(5, d, 5.f);
+  require_mentions(error_message([&] { block.forward_causal(x, shape, wrong_y, ws, RouteAll<float>{}); }),
+                   {"y.rows()", "expected 6", "got 5"});
+  CHECK((y.array() == 5.f).all());
+}
