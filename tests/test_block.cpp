@@ -305,3 +305,30 @@ TEST_CASE("Block rejects bad input with a message naming it, and leaves y untouc
                    {"Block::forward_inplace", "x.rows()", "expected 6", "got 8"});
   CHECK(bit_equal(x, before));
 }
+
+TEST_CASE_TEMPLATE("forward_dense is the plain residual block x + f(x), in place or not, with padding", T, float, double) {
+  const Index d = 11;
+  const Shape shape{2, 9};
+  const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 88);
+  RowLocal f;
+  Workspace<T> ws;
+  RowMatrix<T> y(shape.rows(), d);
+  forward_dense<T>(f, x, shape, y, ws);
+  const RowMatrix<T> update = RowLocal::dense(x);
+  RowMatrix<T> expected = x;
+  expected += update;
+  CHECK(bit_equal(y, expected));
+  RowMatrix<T> inplace = x;
+  forward_dense<T>(f, inplace, shape, inplace, ws);
+  CHECK(bit_equal(inplace, expected));
+
+  const std::vector<Index> lengths = {9, 4};
+  forward_dense<T>(f, x, shape, y, ws, lengths);
+  for (Index r = 0; r < shape.rows(); ++r) {
+    const bool padding = r >= 9 + 4;
+    for (Index c = 0; c < d; ++c)
+      CHECK(y(r, c) == (padding ? x(r, c) : x(r, c) + update(r, c)));
+  }
+  require_mentions(error_message([&] { forward_dense<T>(f, x, Shape{3, 9}, y, ws); }),
+                   {"forward_dense", "x.rows()", "27", "18"});
+}

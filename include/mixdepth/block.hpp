@@ -110,6 +110,46 @@ struct BlockForward {
     ws.gates_[std::size_t(j)] = apply_gate(gate, ws.logits_[std::size_t(row)]);
   }
 
+  // y = x + f(x) on every valid row (see forward_dense).
+  template <class T, class F>
+  static void dense(F& f, MatrixCRef<T> x, Shape shape, T* y_data, Index y_stride,
+                    Workspace<T>& ws, std::span<const Index> lengths) {
+    const Index d = x.cols();
+    ws.reserve(shape, d, shape.seq_len);
+    ws.shape_ = shape;
+    ws.k_ = 0;
+    ws.dim_ = d;
+    Index n = 0;
+    ws.offsets_[0] = 0;
+    for (Index b = 0; b < shape.batch; ++b) {
+      const Index valid = lengths.empty() ? shape.seq_len : lengths[b];
+      for (Index p = 0; p < valid; ++p) {
+        ws.routed_rows_[std::size_t(n)] = static_cast<Position>(b * shape.seq_len + p);
+        ws.routed_positions_[std::size_t(n)] = static_cast<Position>(p);
+        ws.gates_[std::size_t(n)] = T(1);
+        ++n;
+      }
+      ws.offsets_[std::size_t(b + 1)] = n;
+    }
+    ws.routed_ = n;
+    const bool padded = n != shape.rows();
+    // Without padding f reads x in place; with it, the valid rows are gathered first.
+    if (padded && n > 0 && d > 0)
+      gather_rows_unchecked(x.data(), x.outerStride(), ws.routed_rows_.data(), n, d,
+                            ws.routed_x_.data(), d);
+    const MatrixCRef<T> routed_x =
+        padded ? MatrixCRef<T>(ConstRowMatrixMap<T>(ws.routed_x_.data(), n, d)) : x;
+    RowMatrixMap<T> update(ws.update_.data(), n, d);
+    ws.arena_.reset();
+    const Routed<T> routed{routed_x,
+                           std::span<const Position>(ws.routed_positions_.data(), std::size_t(n)),
+                           std::span<const Index>(ws.offsets_.data(), std::size_t(shape.batch + 1)),
+                           &ws.arena_};
+    f(routed, MatrixRef<T>(update));
+    ws.arena_.reset();
+    write_output(x, y_data, y_stride, ws);
+  }
+
   // Gathers the routed rows, runs f on them, and writes y (Eq. 1).
   template <class T, class F>
   static void apply(F& f, MatrixCRef<T> x, T* y_data, Index y_stride, Workspace<T>& ws) {
@@ -130,14 +170,19 @@ struct BlockForward {
     // Consolidate now: if f needed more scratch than ever before, the one allocation that
     // merges it happens here, not in the next (otherwise allocation-free) forward.
     ws.arena_.reset();
+    write_output(x, y_data, y_stride, ws);
+  }
 
-    // y = x everywhere (a no-op in place), then y_i = x_i + g(r_i) f_i on routed rows.
+  // y = x everywhere (a no-op in place), then y_i = x_i + g_i f_i on the routed rows.
+  template <class T>
+  static void write_output(MatrixCRef<T> x, T* y_data, Index y_stride, const Workspace<T>& ws) {
+    const Index d = ws.dim_;
     if (y_data != x.data())
       for (Index r = 0; r < x.rows(); ++r)
         std::memcpy(y_data + r * y_stride, x.data() + r * x.outerStride(), sizeof(T) * std::size_t(d));
-    if (n > 0)
+    if (ws.routed_ > 0)
       scatter_gated_unchecked(x.data(), x.outerStride(), y_data, y_stride, ws.routed_rows_.data(),
-                              n, d, ws.update_.data(), d, ws.gates_.data());
+                              ws.routed_, d, ws.update_.data(), d, ws.gates_.data());
   }
 };
 
@@ -268,5 +313,25 @@ class Block {
   F f_;
   Gate gate_;
 };
+
+// The dense (non-MoD) transformer block, y = x + f(x) on every valid row: the baseline a MoD
+// block is measured against, through the same plumbing (f sees all rows at their positions).
+// Padding rows (positions >= lengths[b]) are not given to f and come through unchanged.
+// y may be x itself (in place) but must not partially overlap it.
+template <class T, BlockFunction<T> F>
+void forward_dense(F& f, MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Workspace<T>& ws,
+                   std::span<const Index> lengths = {}) {
+  constexpr std::string_view where = "forward_dense";
+  const Index rows = detail::checked_rows(where, shape);
+  detail::require_equal(where, "x.rows()", rows, x.rows());
+  detail::require_equal(where, "y.rows()", rows, y.rows());
+  detail::require_equal(where, "y.cols()", x.cols(), y.cols());
+  if (x.data() != y.data() && detail::overlaps(x, y))
+    detail::fail(where, "y", "x itself or memory disjoint from x", "a partial overlap");
+  if (x.data() == y.data() && x.outerStride() != y.outerStride())
+    detail::fail(where, "y.outerStride()", x.outerStride(), y.outerStride());
+  detail::check_lengths(where, shape, lengths);
+  detail::BlockForward::dense(f, x, shape, y.data(), y.outerStride(), ws, lengths);
+}
 
 }  // namespace mixdepth
