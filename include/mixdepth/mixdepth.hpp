@@ -13,3 +13,4 @@
 #include "workspace.hpp"
 #include "block.hpp"
 #include "tensor.hpp"
+#include "layers/layers.hpp"

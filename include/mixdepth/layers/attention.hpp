@@ -1,0 +1,322 @@
+#pragma once
+// Attention<T>: pre-norm causal multi-head self-attention with grouped-query heads (GQA) and
+// rotary position embedding at each token's original position, as a block function returning
+// the residual-free update  a = Attn(RMSNorm(x)).
+//
+// A forward runs in three steps that a decoder with a KV cache reuses one by one:
+//   project()        RMSNorm, then Q = n W_query, K = n W_key, V = n W_value, RoPE on Q and K
+//   attend()         each query over a given set of keys/values with their positions
+//   project_output() out = context W_output
+// Causality is by position: a query at position p sees the keys of its own sequence whose
+// position is <= p. Query head h reads key/value head h / (n_heads / n_kv_heads).
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "../arena.hpp"
+#include "../routed.hpp"
+#include "../types.hpp"
+#include "init.hpp"
+#include "positions.hpp"
+#include "rmsnorm.hpp"
+#include "rope.hpp"
+
+namespace mixdepth::layers {
+
+struct AttentionConfig {
+  Index d_model = 0;     // width of the residual stream
+  Index n_heads = 0;     // query heads
+  Index n_kv_heads = 0;  // key/value heads; n_heads must be a multiple (1: multi-query)
+  Index head_dim = 0;    // even (RoPE rotates pairs)
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-6;
+
+  Index query_width() const { return n_heads * head_dim; }  // columns of Q and of the context
+  Index kv_width() const { return n_kv_heads * head_dim; }  // columns of K and of V
+};
+
+template <class T>
+struct AttentionWeights {
+  Vector<T> norm;       // [d_model]
+  RowMatrix<T> query;   // [d_model, n_heads * head_dim]
+  RowMatrix<T> key;     // [d_model, n_kv_heads * head_dim]
+  RowMatrix<T> value;   // [d_model, n_kv_heads * head_dim]
+  RowMatrix<T> output;  // [n_heads * head_dim, d_model]
+};
+
+template <class T>
+class Attention {
+ public:
+  // Queries are scored this many at a time: bounds the score scratch to
+  // query_block_rows x keys, and lets a block skip the keys none of its queries can see.
+  static constexpr Index query_block_rows = 64;
+
+  // Throws mixdepth::Error naming the first config field or weight that does not fit.
+  Attention(AttentionConfig config, AttentionWeights<T> weights)
+      : config_(checked(config)),
+        weights_(std::move(weights)),
+        norm_(checked_norm(config_, weights_)),
+        rotary_(config_.head_dim, config_.rope_theta) {}
+
+  // Seeded weights: projections N(0, 1/fan_in), norm weight 1 + N(0, 0.1^2).
+  static Attention random(AttentionConfig config, std::uint64_t seed) {
+    checked(config);
+    NormalSource normal(seed);
+    AttentionWeights<T> w;
+    w.norm = random_norm_weight<T>(config.d_model, normal);
+    w.query = random_projection<T>(config.d_model, config.query_width(), normal);
+    w.key = random_projection<T>(config.d_model, config.kv_width(), normal);
+    w.value = random_projection<T>(config.d_model, config.kv_width(), normal);
+    w.output = random_projection<T>(config.query_width(), config.d_model, normal);
+    return Attention(config, std::move(w));
+  }
+
+  const AttentionConfig& config() const { return config_; }
+  const AttentionWeights<T>& weights() const { return weights_; }
+  const RMSNorm<T>& norm() const { return norm_; }
+  const RotaryEmbedding<T>& rotary() const { return rotary_; }
+
+  // Block function: out = Attn(RMSNorm(in.x)) with each sequence of `in` attending within
+  // itself, causally by in.positions. Scratch (Q, K, V, normalised rows, one score block)
+  // comes from in.scratch, or a local arena when it is null. out may be in.x itself.
+  void operator()(const Routed<T>& in, MatrixRef<T> out) const {
+    constexpr std::string_view where = "Attention";
+    detail::check_routed(where, in, config_.d_model, out.rows(), out.cols());
+    mixdepth::detail::ScratchScope<T> scratch(in.scratch);
+    const detail::PositionList positions{in.positions};
+    forward(in.x, positions, in.offsets, out, *scratch);
+  }
+
+  // One dense sequence at positions 0, 1, ..., x.rows() - 1.
+  void operator()(MatrixCRef<T> x, MatrixRef<T> out, Arena<T>* scratch = nullptr) const {
+    constexpr std::string_view where = "Attention";
+    detail::require_equal(where, "x.cols()", config_.d_model, x.cols());
+    detail::require_equal(where, "out.rows()", x.rows(), out.rows());
+    detail::require_equal(where, "out.cols()", config_.d_model, out.cols());
+    mixdepth::detail::ScratchScope<T> arena(scratch);
+    const std::array<Index, 2> offsets{0, x.rows()};
+    forward(x, detail::DensePositions{x.rows()}, offsets, out, *arena);
+  }
+
+  // Step 1. queries [n, query_width], keys and values [n, kv_width] of the rows x [n, d_model]
+  // at the given positions (RoPE applied to queries and keys).
+  void project(MatrixCRef<T> x, std::span<const Position> positions, MatrixRef<T> queries,
+               MatrixRef<T> keys, MatrixRef<T> values, Arena<T>* scratch = nullptr) const {
+    constexpr std::string_view where = "Attention::project";
+    const Index n = x.rows();
+    detail::require_equal(where, "x.cols()", config_.d_model, x.cols());
+    detail::require_equal(where, "positions.size()", n, static_cast<Index>(positions.size()));
+    require_shape(where, "queries", queries, n, config_.query_width());
+    require_shape(where, "keys", keys, n, config_.kv_width());
+    require_shape(where, "values", values, n, config_.kv_width());
+    mixdepth::detail::ScratchScope<T> arena(scratch);
+    project_unchecked(x, detail::PositionList{positions}, queries, keys, values, *arena);
+  }
+
+  // Step 2. context [nq, query_width]: every query (row of queries, at query_positions) over
+  // the keys and values whose key_positions are <= its own; a query that sees no key gets a
+  // zero row. key_positions must ascend (a KV cache appends in position order). context may
+  // be queries itself, but must not overlap keys or values.
+  void attend(MatrixCRef<T> queries, std::span<const Position> query_positions, MatrixCRef<T> keys,
+              MatrixCRef<T> values, std::span<const Position> key_positions, MatrixRef<T> context,
+              Arena<T>* scratch = nullptr) const {
+    constexpr std::string_view where = "Attention::attend";
+    const Index nq = queries.rows(), nk = keys.rows();
+    require_shape(where, "queries", queries, nq, config_.query_width());
+    detail::require_equal(where, "query_positions.size()", nq,
+                          static_cast<Index>(query_positions.size()));
+    require_shape(where, "keys", keys, nk, config_.kv_width());
+    require_shape(where, "values", values, nk, config_.kv_width());
+    detail::require_equal(where, "key_positions.size()", nk, static_cast<Index>(key_positions.size()));
+    require_shape(where, "context", context, nq, config_.query_width());
+    const detail::PositionList keys_at{key_positions};
+    detail::require_nondecreasing(where, "key_positions", keys_at, 0, nk);
+    if (mixdepth::detail::overlaps(context, keys) || mixdepth::detail::overlaps(context, values))
+      detail::fail(where, "context", "memory disjoint from keys and values", "overlapping");
+    mixdepth::detail::ScratchScope<T> arena(scratch);
+    attend_unchecked(queries, detail::PositionList{query_positions}, keys, values, keys_at,
+                     context, *arena);
+  }
+
+  // Step 3. out [n, d_model] = context W_output. out must not overlap context.
+  void project_output(MatrixCRef<T> context, MatrixRef<T> out) const {
+    constexpr std::string_view where = "Attention::project_output";
+    require_shape(where, "context", context, context.rows(), config_.query_width());
+    require_shape(where, "out", out, context.rows(), config_.d_model);
+    if (mixdepth::detail::overlaps(context, out))
+      detail::fail(where, "out", "memory disjoint from context", "overlapping");
+    out.noalias() = context * weights_.output;
+  }
+
+  // The unchecked steps, for callers that have checked shapes already (a decoder's cache).
+  template <class Positions>
+  void project_unchecked(MatrixCRef<T> x, const Positions& positions, MatrixRef<T> queries,
+                         MatrixRef<T> keys, MatrixRef<T> values, Arena<T>& arena) const {
+    if (x.rows() == 0) return;
+    const auto mark = arena.mark();
+    auto normed = arena.matrix(x.rows(), config_.d_model);
+    norm_.apply_unchecked(x, normed);
+    queries.noalias() = normed * weights_.query;
+    keys.noalias() = normed * weights_.key;
+    values.noalias() = normed * weights_.value;
+    rotary_.rotate_unchecked(queries, keys, positions, arena);
+    arena.rewind(mark);
+  }
+
+  template <class QueryPositions, class KeyPositions>
+  void attend_unchecked(MatrixCRef<T> queries, const QueryPositions& query_positions,
+                        MatrixCRef<T> keys, MatrixCRef<T> values,
+                        const KeyPositions& key_positions, MatrixRef<T> context,
+                        Arena<T>& arena) const {
+    const Index n_queries = queries.rows(), n_keys = keys.rows();
+    if (n_queries == 0) return;
+    if (n_keys == 0) {
+      context.setZero();
+      return;
+    }
+    const Index head_dim = config_.head_dim;
+    const Index heads_per_kv = config_.n_heads / config_.n_kv_heads;
+    const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+    const auto mark = arena.mark();
+    T* score_storage = arena.take(std::min(n_queries, query_block_rows) * n_keys).data();
+    std::array<Index, query_block_rows> visible{};  // keys each query of the block may see
+
+    for (Index first = 0; first < n_queries; first += query_block_rows) {
+      const Index rows = std::min(query_block_rows, n_queries - first);
+      Index widest = 0;  // the block never reads keys past the last one any of its queries sees
+      for (Index r = 0; r < rows; ++r) {
+        visible[std::size_t(r)] = visible_keys(key_positions, n_keys, query_positions[first + r]);
+        widest = std::max(widest, visible[std::size_t(r)]);
+      }
+      if (widest == 0) {
+        context.middleRows(first, rows).setZero();
+        continue;
+      }
+      RowMatrixMap<T> scores(score_storage, rows, widest);
+      for (Index head = 0; head < config_.n_heads; ++head) {
+        const Index kv_head = head / heads_per_kv;
+        scores.noalias() = (queries.block(first, head * head_dim, rows, head_dim) *
+                            keys.block(0, kv_head * head_dim, widest, head_dim).transpose()) *
+                           scale;
+        for (Index r = 0; r < rows; ++r) softmax_prefix(scores.row(r), visible[std::size_t(r)]);
+        context.block(first, head * head_dim, rows, head_dim).noalias() =
+            scores * values.block(0, kv_head * head_dim, widest, head_dim);
+      }
+    }
+    arena.rewind(mark);
+  }
+
+ private:
+  template <class Positions>
+  void forward(MatrixCRef<T> x, const Positions& positions, std::span<const Index> offsets,
+               MatrixRef<T> out, Arena<T>& arena) const {
+    const Index n = x.rows();
+    if (n == 0) return;
+    // Q doubles as the context buffer: attend() reads a query block before writing it.
+    auto queries = arena.matrix(n, config_.query_width());
+    auto keys = arena.matrix(n, config_.kv_width());
+    auto values = arena.matrix(n, config_.kv_width());
+    project_unchecked(x, positions, queries, keys, values, arena);
+    for (std::size_t b = 0; b + 1 < offsets.size(); ++b) {
+      const Index first = offsets[b], count = offsets[b + 1] - offsets[b];
+      if (count == 0) continue;
+      const auto sequence_positions = slice(positions, first, count);
+      attend_unchecked(queries.middleRows(first, count), sequence_positions,
+                       keys.middleRows(first, count), values.middleRows(first, count),
+                       sequence_positions, queries.middleRows(first, count), arena);
+    }
+    out.noalias() = queries * weights_.output;
+  }
+
+  static detail::PositionList slice(const detail::PositionList& p, Index first, Index count) {
+    return p.subspan(first, count);
+  }
+  static detail::DensePositions slice(const detail::DensePositions&, Index first, Index count) {
+    // Only one dense sequence exists, starting at row 0.
+    (void)first;
+    return {count};
+  }
+
+  // Keys [0, result) have positions <= query_position (key positions ascend).
+  template <class KeyPositions>
+  static Index visible_keys(const KeyPositions& key_positions, Index n_keys, Position query_position) {
+    Index low = 0, high = n_keys;
+    while (low < high) {
+      const Index middle = low + (high - low) / 2;
+      if (key_positions[middle] <= query_position)
+        low = middle + 1;
+      else
+        high = middle;
+    }
+    return low;
+  }
+
+  // Softmax over the first `count` entries of a score row (max subtracted first, so exp never
+  // overflows); the entries after them, masked by causality, become exact zeros.
+  template <class Row>
+  static void softmax_prefix(Row row, Index count) {
+    if (count == 0) {
+      row.setZero();
+      return;
+    }
+    auto seen = row.head(count);
+    const T largest = seen.maxCoeff();
+    seen.array() = (seen.array() - largest).exp();
+    seen *= T(1) / seen.sum();
+    row.tail(row.size() - count).setZero();
+  }
+
+  template <class Matrix>
+  static void require_shape(std::string_view where, std::string_view name, const Matrix& m,
+                            Index rows, Index cols) {
+    detail::require_equal(where, std::string(name) + ".rows()", rows, m.rows());
+    detail::require_equal(where, std::string(name) + ".cols()", cols, m.cols());
+  }
+
+  static const AttentionConfig& checked(const AttentionConfig& config) {
+    constexpr std::string_view where = "Attention";
+    if (config.d_model < 1) detail::fail(where, "config.d_model", ">= 1", config.d_model);
+    if (config.n_heads < 1) detail::fail(where, "config.n_heads", ">= 1", config.n_heads);
+    if (config.n_kv_heads < 1) detail::fail(where, "config.n_kv_heads", ">= 1", config.n_kv_heads);
+    if (config.n_heads % config.n_kv_heads != 0)
+      detail::fail(where, "config.n_heads",
+                   "a multiple of config.n_kv_heads (" + std::to_string(config.n_kv_heads) + ")",
+                   config.n_heads);
+    if (config.head_dim < 2 || config.head_dim % 2 != 0)
+      detail::fail(where, "config.head_dim", "an even number >= 2 (RoPE rotates pairs)",
+                   config.head_dim);
+    if (!(config.rope_theta > 0.0) || !std::isfinite(config.rope_theta))
+      detail::fail(where, "config.rope_theta", "finite and > 0", config.rope_theta);
+    if (!(config.norm_eps > 0.0)) detail::fail(where, "config.norm_eps", "> 0", config.norm_eps);
+    return config;
+  }
+
+  static RMSNorm<T> checked_norm(const AttentionConfig& config, const AttentionWeights<T>& w) {
+    constexpr std::string_view where = "Attention";
+    const Index d = config.d_model, q = config.query_width(), kv = config.kv_width();
+    constexpr std::string_view q_source = "config.n_heads * config.head_dim";
+    constexpr std::string_view kv_source = "config.n_kv_heads * config.head_dim";
+    detail::require_dimension(where, "weights.norm.size()", d, "config.d_model", w.norm.size());
+    detail::require_dimension(where, "weights.query.rows()", d, "config.d_model", w.query.rows());
+    detail::require_dimension(where, "weights.query.cols()", q, q_source, w.query.cols());
+    detail::require_dimension(where, "weights.key.rows()", d, "config.d_model", w.key.rows());
+    detail::require_dimension(where, "weights.key.cols()", kv, kv_source, w.key.cols());
+    detail::require_dimension(where, "weights.value.rows()", d, "config.d_model", w.value.rows());
+    detail::require_dimension(where, "weights.value.cols()", kv, kv_source, w.value.cols());
+    detail::require_dimension(where, "weights.output.rows()", q, q_source, w.output.rows());
+    detail::require_dimension(where, "weights.output.cols()", d, "config.d_model", w.output.cols());
+    return RMSNorm<T>(w.norm, static_cast<T>(config.norm_eps));
+  }
+
+  AttentionConfig config_;
+  AttentionWeights<T> weights_;
+  RMSNorm<T> norm_;
+  RotaryEmbedding<T> rotary_;
+};
+
+}  // namespace mixdepth::layers

@@ -1,0 +1,60 @@
+#pragma once
+// Seeded weight initialisation for the reference layers' random() factories (tests, demos,
+// benchmarks). The numbers depend only on the seed, not on the standard library:
+// std::normal_distribution is not specified bit for bit, so it is not used here.
+#include <cmath>
+#include <cstdint>
+#include <numbers>
+#include <random>
+
+#include "../types.hpp"
+
+namespace mixdepth::layers {
+
+// Standard normal numbers by the Box-Muller transform over std::mt19937_64 (whose output the
+// standard fixes exactly).
+class NormalSource {
+ public:
+  explicit NormalSource(std::uint64_t seed) : engine_(seed) {}
+
+  double operator()() {
+    if (has_spare_) {
+      has_spare_ = false;
+      return spare_;
+    }
+    // Two uniforms in (0, 1]: 53 random bits each, shifted off zero so log() stays finite.
+    const double u1 = (static_cast<double>(engine_() >> 11) + 1.0) * 0x1p-53;
+    const double u2 = (static_cast<double>(engine_() >> 11) + 1.0) * 0x1p-53;
+    const double radius = std::sqrt(-2.0 * std::log(u1));
+    const double angle = 2.0 * std::numbers::pi * u2;
+    spare_ = radius * std::sin(angle);
+    has_spare_ = true;
+    return radius * std::cos(angle);
+  }
+
+ private:
+  std::mt19937_64 engine_;
+  double spare_ = 0.0;
+  bool has_spare_ = false;
+};
+
+// A [fan_in, fan_out] projection with entries N(0, 1 / fan_in): activations keep their scale
+// through x W, as with the usual fan-in initialisations.
+template <class T>
+RowMatrix<T> random_projection(Index fan_in, Index fan_out, NormalSource& normal) {
+  RowMatrix<T> w(fan_in, fan_out);
+  const double scale = fan_in > 0 ? 1.0 / std::sqrt(static_cast<double>(fan_in)) : 0.0;
+  for (Index i = 0; i < w.size(); ++i) w.data()[i] = static_cast<T>(scale * normal());
+  return w;
+}
+
+// An RMSNorm weight: 1 + N(0, 0.1^2). Trained weights are not all ones, and tests that
+// compare against a reference should see the weight act.
+template <class T>
+Vector<T> random_norm_weight(Index dim, NormalSource& normal) {
+  Vector<T> w(dim);
+  for (Index i = 0; i < dim; ++i) w[i] = static_cast<T>(1.0 + 0.1 * normal());
+  return w;
+}
+
+}  // namespace mixdepth::layers
