@@ -1,0 +1,139 @@
+#!/usr/bin/python3
+"""PyTorch peer for mixdepth's benchmarks: the same paper-exact dense and MoD blocks, and
+torch.topk, on the shapes of bench/bench_block.cpp and bench/bench_topk.cpp, on one thread.
+
+    taskset -c 1 /usr/bin/python3 bench/peers/torch_peer.py [--repeats N]
+
+Needs Debian's python3-torch (PyTorch 1.13, CPU). Its CPU matrix products go through
+whichever libblas.so.3 Debian's alternatives select: the reference BLAS by default (about
+3 GFLOP/s here), OpenBLAS once `apt-get install libopenblas0-pthread` is done (about 33).
+Use OpenBLAS, run with OPENBLAS_NUM_THREADS=1, for a fair peer. Prints one line per case with the median
+time over repetitions, in the units Google Benchmark uses, so bench/README.md can put the
+two side by side. The blocks are written here from the contract (DESIGN.md section 1), not
+taken from any other implementation:
+  dense:  y = x + f(x),  f = a + m(x + a),  a = Attn(RMSNorm(x)),  m = SwiGLU(RMSNorm(.))
+  MoD:    r = x w,  top-k per sequence (ascending positions),  y_i = x_i + r_i f_i on the
+          selected rows (f sees their original positions for RoPE and the causal mask).
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+D_MODEL, HEADS, HEAD_DIM, HIDDEN = 512, 8, 64, 1536
+TOPK_SIZES = [(256, 32), (1024, 128), (4096, 512), (16384, 2048), (32768, 4096), (4096, 2048)]
+POOL = 64
+
+
+def rms_norm(x, weight, eps=1e-6):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rope(x, positions, theta=10000.0):
+    # x: [heads, n, head_dim]; rotate-half pairs (i, i + head_dim/2) by position * theta^(-2i/hd)
+    half = x.shape[-1] // 2
+    inv = theta ** (-torch.arange(half, dtype=torch.float64) * 2 / x.shape[-1])
+    angles = positions.to(torch.float64)[:, None] * inv[None, :]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class Layer:
+    def __init__(self, seed=11):
+        g = torch.Generator().manual_seed(seed)
+        def proj(i, o):
+            return torch.randn(i, o, generator=g) / i ** 0.5
+        self.norm1 = torch.ones(D_MODEL)
+        self.norm2 = torch.ones(D_MODEL)
+        self.wq, self.wk, self.wv = (proj(D_MODEL, HEADS * HEAD_DIM) for _ in range(3))
+        self.wo = proj(HEADS * HEAD_DIM, D_MODEL)
+        self.wg, self.wu = proj(D_MODEL, HIDDEN), proj(D_MODEL, HIDDEN)
+        self.wd = proj(HIDDEN, D_MODEL)
+
+    def attention(self, x, positions):
+        n = x.shape[0]
+        h = rms_norm(x, self.norm1)
+        q = (h @ self.wq).view(n, HEADS, HEAD_DIM).transpose(0, 1)
+        k = (h @ self.wk).view(n, HEADS, HEAD_DIM).transpose(0, 1)
+        v = (h @ self.wv).view(n, HEADS, HEAD_DIM).transpose(0, 1)
+        q, k = rope(q, positions), rope(k, positions)
+        scores = (q @ k.transpose(1, 2)) / HEAD_DIM ** 0.5
+        mask = positions[None, :] > positions[:, None]
+        scores = scores.masked_fill(mask, float("-inf"))
+        context = torch.softmax(scores, dim=-1) @ v
+        return context.transpose(0, 1).reshape(n, HEADS * HEAD_DIM) @ self.wo
+
+    def mlp(self, x):
+        h = rms_norm(x, self.norm2)
+        return (torch.nn.functional.silu(h @ self.wg) * (h @ self.wu)) @ self.wd
+
+    def update(self, x, positions):
+        a = self.attention(x, positions)
+        return a + self.mlp(x + a)
+
+
+def dense_block(layer, x):
+    return x + layer.update(x, torch.arange(x.shape[0]))
+
+
+def mod_block(layer, router, x, k):
+    r = x @ router
+    selected = torch.topk(r, k, sorted=False).indices.sort().values
+    y = x.clone()
+    y[selected] = x[selected] + r[selected, None] * layer.update(x[selected], selected)
+    return y
+
+
+def median_seconds(fn, repeats, min_time=0.2):
+    fn()
+    samples = []
+    for _ in range(repeats):
+        count, start = 0, time.perf_counter()
+        while True:
+            fn()
+            count += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time:
+                break
+        samples.append(elapsed / count)
+    return statistics.median(samples)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    gemm = median_seconds(lambda: a @ b, args.repeats)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, median of {args.repeats}, "
+          f"SGEMM 1024^3 {2 * 1024 ** 3 / gemm * 1e-9:.1f} GFLOP/s")
+
+    with torch.no_grad():
+        for n, k in TOPK_SIZES:
+            for label, pool in (("TopK", [torch.randn(n) for _ in range(POOL)]),
+                                ("TopK_Ties", [torch.randint(0, 4, (n,)).float() for _ in range(POOL)])):
+                state = {"i": 0}
+                def run():
+                    s = pool[state["i"] % POOL]
+                    state["i"] += 1
+                    torch.topk(s, k, sorted=False).indices.sort()
+                print(f"torch_{label}/{n}/{k} {median_seconds(run, args.repeats) * 1e9:.0f} ns")
+
+        layer = Layer()
+        router = torch.randn(D_MODEL) / D_MODEL ** 0.5
+        for seq_len in (512, 2048):
+            x = torch.randn(seq_len, D_MODEL)
+            t = median_seconds(lambda: dense_block(layer, x), args.repeats, min_time=0.5)
+            print(f"torch_Block_Dense/{seq_len}/0 {t * 1e6:.0f} us")
+            for per_mille in (125, 250, 500):
+                k = -(-seq_len * per_mille // 1000)
+                t = median_seconds(lambda: mod_block(layer, router, x, k), args.repeats, min_time=0.5)
+                print(f"torch_Block_MoD/{seq_len}/{per_mille} {t * 1e6:.0f} us")
+
+
+if __name__ == "__main__":
+    main()
