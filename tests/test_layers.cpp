@@ -636,6 +636,37 @@ TEST_CASE_TEMPLATE("Layers take scratch from the arena, give it back, and stop g
   }
 }
 
+#ifdef EIGEN_RUNTIME_NO_MALLOC
+// Eigen enforces set_is_malloc_allowed(false) with an assertion, so this bites in builds with
+// assertions on; the arena check below holds in every build. Sizes stay small: Eigen's GEMM
+// packs larger products into a heap buffer of its own (above EIGEN_STACK_ALLOCATION_LIMIT).
+TEST_CASE_TEMPLATE("After a warm-up call the layers allocate nothing (small shapes)", T, float,
+                   double) {
+  const AttentionConfig config{32, 4, 2, 8, 10000.0, 1e-6};
+  const auto attention = Attention<T>::random(config, 101);
+  const auto both = sequential(attention, SwiGluMlp<T>::random({32, 64, 1e-6}, 102));
+  const RoutedBatch<T> batch({96, 0, 17}, 32, 103);
+  RowMatrix<T> out(batch.rows(), 32), dense_out(96, 32);
+  RowMatrix<T> queries(1, 32), keys(1, 16), values(1, 16), context(1, 32), step(1, 32);
+  const std::vector<Position> at{5};
+  Arena<T> arena;
+  auto calls = [&] {
+    both(batch.view(&arena), out);
+    attention(batch.x.topRows(96), dense_out, &arena);
+    attention.project(batch.x.topRows(1), at, queries, keys, values, &arena);
+    attention.attend(queries, at, keys, values, at, context, &arena);
+    attention.project_output(context, step);
+  };
+  calls();
+  arena.reset();
+  const Index grown = arena.capacity();
+  Eigen::internal::set_is_malloc_allowed(false);
+  calls();
+  Eigen::internal::set_is_malloc_allowed(true);
+  CHECK(arena.capacity() == grown);
+}
+#endif
+
 TEST_CASE("A const layer is safe to call from several threads at once") {
   const AttentionConfig config{32, 8, 2, 4, 10000.0, 1e-6};
   const auto both = sequential(Attention<float>::random(config, 81),

@@ -200,10 +200,12 @@ class Attention {
       RowMatrixMap<T> scores(score_storage, rows, widest);
       for (Index head = 0; head < config_.n_heads; ++head) {
         const Index kv_head = head / heads_per_kv;
-        scores.noalias() = (queries.block(first, head * head_dim, rows, head_dim) *
-                            keys.block(0, kv_head * head_dim, widest, head_dim).transpose()) *
-                           scale;
-        for (Index r = 0; r < rows; ++r) softmax_prefix(scores.row(r), visible[std::size_t(r)]);
+        // The 1/sqrt(head_dim) scale waits for the softmax: a scaled product expression
+        // would make Eigen evaluate into a heap temporary.
+        scores.noalias() = queries.block(first, head * head_dim, rows, head_dim) *
+                           keys.block(0, kv_head * head_dim, widest, head_dim).transpose();
+        for (Index r = 0; r < rows; ++r)
+          softmax_prefix(scores.row(r), visible[std::size_t(r)], scale);
         context.block(first, head * head_dim, rows, head_dim).noalias() =
             scores * values.block(0, kv_head * head_dim, widest, head_dim);
       }
@@ -256,26 +258,28 @@ class Attention {
     return low;
   }
 
-  // Softmax over the first `count` entries of a score row (max subtracted first, so exp never
-  // overflows); the entries after them, masked by causality, become exact zeros.
+  // Softmax of scale * scores over the first `count` entries of a score row (the max is
+  // subtracted first, so exp never overflows); the entries after them, masked by causality,
+  // become exact zeros. scale > 0 keeps the max where it was.
   template <class Row>
-  static void softmax_prefix(Row row, Index count) {
+  static void softmax_prefix(Row row, Index count, T scale) {
     if (count == 0) {
       row.setZero();
       return;
     }
     auto seen = row.head(count);
     const T largest = seen.maxCoeff();
-    seen.array() = (seen.array() - largest).exp();
+    seen.array() = ((seen.array() - largest) * scale).exp();
     seen *= T(1) / seen.sum();
     row.tail(row.size() - count).setZero();
   }
 
+  // Builds the argument's name only on failure: the checks run on every decode step.
   template <class Matrix>
   static void require_shape(std::string_view where, std::string_view name, const Matrix& m,
                             Index rows, Index cols) {
-    detail::require_equal(where, std::string(name) + ".rows()", rows, m.rows());
-    detail::require_equal(where, std::string(name) + ".cols()", cols, m.cols());
+    if (m.rows() != rows) detail::fail(where, std::string(name) + ".rows()", rows, m.rows());
+    if (m.cols() != cols) detail::fail(where, std::string(name) + ".cols()", cols, m.cols());
   }
 
   static const AttentionConfig& checked(const AttentionConfig& config) {
