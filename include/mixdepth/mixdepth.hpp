@@ -14,3 +14,5 @@
 #include "block.hpp"
 #include "tensor.hpp"
 #include "layers/layers.hpp"
+#include "aux_loss.hpp"
+#include "predictor.hpp"
