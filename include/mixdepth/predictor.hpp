@@ -251,9 +251,11 @@ class CausalPredictor {
   void set_threshold(T threshold) { threshold_ = threshold; }
 
   // out[i] = act(x_i W1 + b1) . w2 + b2 for every row of x. The hidden activations live in
-  // `scratch` (rewound before returning): no heap allocation once the arena has seen x's
-  // size. Throws mixdepth::Error, writing nothing, when x.cols() != dim() or
-  // out.size() != x.rows().
+  // `scratch` (rewound before returning), so once the arena has seen x's size nothing of
+  // mixdepth's allocates. Eigen's GEMM keeps its packed panels on the stack up to
+  // EIGEN_STACK_ALLOCATION_LIMIT (128 KB) and on the heap beyond: a decode step (one row)
+  // and small batches allocate nothing at all; a long prefill may. Throws mixdepth::Error,
+  // writing nothing, when x.cols() != dim() or out.size() != x.rows().
   void logits(MatrixCRef<T> x, Eigen::Ref<Vector<T>> out, Arena<T>& scratch) const {
     constexpr std::string_view where = "CausalPredictor::logits";
     detail::require_equal(where, "x.cols()", dim(), x.cols());
@@ -309,6 +311,8 @@ class CausalPredictor {
   }
 
   // One Adam step on this predictor's own parameters; returns the loss before the step.
+  // Activations come from `scratch`, the gradient and moments from `optimizer` (the same
+  // Eigen GEMM caveat as logits() applies to large batches).
   // Nothing else changes: x and targets are read-only views, and the optimiser state is the
   // predictor's own. Throws mixdepth::Error, changing nothing, on bad input or an optimiser
   // made for another shape.
