@@ -3,6 +3,7 @@
 #include <span>
 #include <string>
 
+#include "kernels/dispatch.hpp"
 #include "kernels/rows_portable.hpp"
 #include "types.hpp"
 
@@ -10,27 +11,28 @@ namespace mixdepth {
 
 namespace detail {
 
-// The unchecked entry points Block calls once its own checks have passed; they pick the
-// kernel (portable or SIMD).
-template <class T>
+// The unchecked entry points Block calls once its own checks have passed; the kernel choice
+// lives in kernels::dispatched. The defaulted Arch keeps units compiled with different -m
+// flags apart (see kernels/dispatch.hpp).
+template <class T, class Arch = kernels::static_arch>
 void gather_rows_unchecked(const T* src, Index src_stride, const Position* rows, Index n, Index d,
                            T* dst, Index dst_stride) {
-  kernels::gather_rows_portable(src, src_stride, rows, n, d, dst, dst_stride);
+  kernels::dispatched::gather_rows<T, Arch>(src, src_stride, rows, n, d, dst, dst_stride);
 }
 
-template <class T>
+template <class T, class Arch = kernels::static_arch>
 void scatter_gated_unchecked(const T* x, Index x_stride, T* y, Index y_stride, const Position* rows,
                              Index n, Index d, const T* update, Index update_stride,
                              const T* gates) {
-  kernels::scatter_gated_portable(x, x_stride, y, y_stride, rows, n, d, update, update_stride,
-                                  gates);
+  kernels::dispatched::scatter_gated<T, Arch>(x, x_stride, y, y_stride, rows, n, d, update,
+                                              update_stride, gates);
 }
 
 }  // namespace detail
 
 // out.row(j) = x.row(rows[j]). Throws mixdepth::Error unless out is [rows.size(), x.cols()]
 // and every row index is in [0, x.rows()).
-template <class T>
+template <class T, class Arch = kernels::static_arch>
 void gather_rows(MatrixCRef<T> x, std::span<const Position> rows, MatrixRef<T> out) {
   constexpr std::string_view where = "gather_rows";
   detail::require_equal(where, "out.rows()", static_cast<Index>(rows.size()), out.rows());
@@ -40,7 +42,7 @@ void gather_rows(MatrixCRef<T> x, std::span<const Position> rows, MatrixRef<T> o
       detail::fail(where, "rows[" + std::to_string(j) + "]",
                    "in [0, " + std::to_string(x.rows()) + ")", rows[j]);
   if (out.cols() == 0) return;
-  detail::gather_rows_unchecked(x.data(), x.outerStride(), rows.data(),
+  detail::gather_rows_unchecked<T, Arch>(x.data(), x.outerStride(), rows.data(),
                                 static_cast<Index>(rows.size()), x.cols(), out.data(),
                                 out.outerStride());
 }
@@ -48,7 +50,7 @@ void gather_rows(MatrixCRef<T> x, std::span<const Position> rows, MatrixRef<T> o
 // y.row(rows[j]) = x.row(rows[j]) + gates[j] * update.row(j); other rows of y are not touched.
 // x and y may be the same matrix (in place) but must not partially overlap. Throws
 // mixdepth::Error on mismatched sizes or row indices outside [0, x.rows()).
-template <class T>
+template <class T, class Arch = kernels::static_arch>
 void scatter_gated(MatrixCRef<T> x, std::span<const Position> rows, MatrixCRef<T> update,
                    std::span<const T> gates, MatrixRef<T> y) {
   constexpr std::string_view where = "scatter_gated";
@@ -67,7 +69,7 @@ void scatter_gated(MatrixCRef<T> x, std::span<const Position> rows, MatrixCRef<T
   if (x.cols() == 0) return;
   if (x.data() == y.data() && x.outerStride() != y.outerStride())
     detail::fail(where, "y.outerStride()", x.outerStride(), y.outerStride());
-  detail::scatter_gated_unchecked(x.data(), x.outerStride(), y.data(), y.outerStride(),
+  detail::scatter_gated_unchecked<T, Arch>(x.data(), x.outerStride(), y.data(), y.outerStride(),
                                   rows.data(), n, x.cols(), update.data(), update.outerStride(),
                                   gates.data());
 }

@@ -3,6 +3,7 @@
 #include <string>
 #include <utility>
 
+#include "kernels/dispatch.hpp"
 #include "types.hpp"
 
 namespace mixdepth {
@@ -19,13 +20,15 @@ class Router {
   T bias() const { return bias_; }
 
   // logits[i] = x.row(i) . weight + bias. Throws mixdepth::Error when x.cols() != dim() or
-  // logits.size() != x.rows().
+  // logits.size() != x.rows(). (Arch: see kernels/dispatch.hpp; leave it defaulted.)
+  template <class Arch = kernels::static_arch>
   void score(MatrixCRef<T> x, Eigen::Ref<Vector<T>> logits) const {
     constexpr std::string_view where = "Router::score";
     detail::require_equal(where, "x.cols()", dim(), x.cols());
     detail::require_equal(where, "logits.size()", x.rows(), logits.size());
-    logits.noalias() = x * weight_;
-    logits.array() += bias_;
+    if (x.rows() == 0) return;
+    kernels::dispatched::router_scores<T, Arch>(x.data(), x.outerStride(), x.rows(), x.cols(),
+                                                weight_.data(), bias_, logits.data());
   }
 
  private:

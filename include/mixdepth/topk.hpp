@@ -4,24 +4,33 @@
 #include <string>
 #include <vector>
 
+#include "kernels/dispatch.hpp"
 #include "kernels/topk_portable.hpp"
 #include "types.hpp"
 
 namespace mixdepth {
 
-// Scratch for select_top_k, reused across calls (one per thread).
+// Scratch for select_top_k, reused across calls (one per thread). Once it has seen the
+// longest sequence, select_top_k allocates nothing.
 template <class T>
 class TopKScratch {
  public:
-  kernels::TopKEntry<T>* reserve(Index seq_len) {
-    const auto need = static_cast<std::size_t>(kernels::top_k_portable_scratch<T>(seq_len));
-    if (entries_.size() < need) entries_.resize(need);
-    return entries_.data();
+  using Key = kernels::rank_key_t<T>;
+
+  // Grows the buffer for sequences of up to seq_len tokens.
+  void reserve(Index seq_len) {
+    const auto need = static_cast<std::size_t>(kernels::top_k_scratch_size<T>(seq_len));
+    if (keys_.size() < need) keys_.resize(need);
   }
-  std::size_t bytes() const { return entries_.capacity() * sizeof(kernels::TopKEntry<T>); }
+  // The kernel's scratch for a sequence of seq_len tokens (grown if needed).
+  Key* keys(Index seq_len) {
+    reserve(seq_len);
+    return keys_.data();
+  }
+  std::size_t bytes() const { return keys_.capacity() * sizeof(Key); }
 
  private:
-  std::vector<kernels::TopKEntry<T>> entries_;
+  std::vector<Key> keys_;
 };
 
 namespace detail {
@@ -49,16 +58,17 @@ inline Index checked_top_k(std::string_view where, Shape shape, Index k, std::si
 // per sequence.
 namespace detail {
 
-// One sequence, arguments already checked: the kernel choice lives here.
-template <class T>
+// One sequence, arguments already checked: the kernel choice lives in kernels::dispatched.
+// The defaulted Arch keeps units compiled with different -m flags apart (see dispatch.hpp).
+template <class T, class Arch = kernels::static_arch>
 void top_k_unchecked(const T* scores, Index n, Index valid, Index k, Position* out,
                      TopKScratch<T>& scratch) {
-  kernels::top_k_portable(scores, n, valid, k, out, scratch.reserve(n));
+  kernels::dispatched::top_k<T, Arch>(scores, n, valid, k, out, scratch.keys(n));
 }
 
 }  // namespace detail
 
-template <class T>
+template <class T, class Arch = kernels::static_arch>
 void select_top_k(std::span<const T> scores, Shape shape, Index k, std::span<Position> out,
                   std::span<const Index> lengths, TopKScratch<T>& scratch) {
   constexpr std::string_view where = "select_top_k";
@@ -69,16 +79,16 @@ void select_top_k(std::span<const T> scores, Shape shape, Index k, std::span<Pos
   if (kept == 0) return;
   for (Index b = 0; b < shape.batch; ++b) {
     const Index valid = lengths.empty() ? shape.seq_len : lengths[b];
-    detail::top_k_unchecked(scores.data() + b * shape.seq_len, shape.seq_len, valid, kept,
+    detail::top_k_unchecked<T, Arch>(scores.data() + b * shape.seq_len, shape.seq_len, valid, kept,
                             out.data() + b * kept, scratch);
   }
 }
 
-template <class T>
+template <class T, class Arch = kernels::static_arch>
 void select_top_k(std::span<const T> scores, Shape shape, Index k, std::span<Position> out,
                   std::span<const Index> lengths = {}) {
   TopKScratch<T> scratch;
-  select_top_k(scores, shape, k, out, lengths, scratch);
+  select_top_k<T, Arch>(scores, shape, k, out, lengths, scratch);
 }
 
 }  // namespace mixdepth

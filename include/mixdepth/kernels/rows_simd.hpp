@@ -1,0 +1,121 @@
+#pragma once
+// Row kernels over row-major buffers, templated over the architecture: router scores
+// (one dot product per row), row gather and the gated scatter of Eq. 1. Raw pointers and
+// sizes only. Rows are `d` elements long; row r of a buffer starts at r * stride.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "arch.hpp"
+#include "simd_shim.hpp"
+
+namespace mixdepth::kernels {
+
+// logits[i] = x row i . weight + bias, for i in [0, rows). The summation order is not the
+// portable one (several partial sums per row): compare with a tolerance.
+template <class Arch, class T>
+void router_scores(const T* x, std::ptrdiff_t x_stride, std::ptrdiff_t rows, std::ptrdiff_t d,
+                   const T* weight, T bias, T* logits) noexcept {
+  if constexpr (!arch_traits::is_xsimd<Arch>()) {
+    for (std::ptrdiff_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * x_stride;
+      T partial[4] = {T(0), T(0), T(0), T(0)};
+      std::ptrdiff_t c = 0;
+      for (; c + 4 <= d; c += 4)
+        for (int j = 0; j < 4; ++j) partial[j] += xr[c + j] * weight[c + j];
+      for (; c < d; ++c) partial[0] += xr[c] * weight[c];
+      logits[r] = ((partial[0] + partial[1]) + (partial[2] + partial[3])) + bias;
+    }
+  } else {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr std::ptrdiff_t width = std::ptrdiff_t(batch::size);
+    const std::ptrdiff_t body = d - d % width;
+    auto tail = [&](const T* xr) {
+      T sum = T(0);
+      for (std::ptrdiff_t c = body; c < d; ++c) sum += xr[c] * weight[c];
+      return sum;
+    };
+    std::ptrdiff_t r = 0;
+    // Four rows at a time share each load of the weight.
+    for (; r + 4 <= rows; r += 4) {
+      const T* x0 = x + r * x_stride;
+      const T* x1 = x0 + x_stride;
+      const T* x2 = x1 + x_stride;
+      const T* x3 = x2 + x_stride;
+      batch a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+      for (std::ptrdiff_t c = 0; c < body; c += width) {
+        const batch w = batch::load_unaligned(weight + c);
+        a0 = xsimd::fma(batch::load_unaligned(x0 + c), w, a0);
+        a1 = xsimd::fma(batch::load_unaligned(x1 + c), w, a1);
+        a2 = xsimd::fma(batch::load_unaligned(x2 + c), w, a2);
+        a3 = xsimd::fma(batch::load_unaligned(x3 + c), w, a3);
+      }
+      logits[r] = shim::reduce_add<Arch>(a0) + tail(x0) + bias;
+      logits[r + 1] = shim::reduce_add<Arch>(a1) + tail(x1) + bias;
+      logits[r + 2] = shim::reduce_add<Arch>(a2) + tail(x2) + bias;
+      logits[r + 3] = shim::reduce_add<Arch>(a3) + tail(x3) + bias;
+    }
+    for (; r < rows; ++r) {
+      const T* xr = x + r * x_stride;
+      batch a0(T(0)), a1(T(0));
+      std::ptrdiff_t c = 0;
+      for (; c + 2 * width <= body; c += 2 * width) {
+        a0 = xsimd::fma(batch::load_unaligned(xr + c), batch::load_unaligned(weight + c), a0);
+        a1 = xsimd::fma(batch::load_unaligned(xr + c + width), batch::load_unaligned(weight + c + width), a1);
+      }
+      if (c < body) a0 = xsimd::fma(batch::load_unaligned(xr + c), batch::load_unaligned(weight + c), a0);
+      logits[r] = shim::reduce_add<Arch>(a0 + a1) + tail(xr) + bias;
+    }
+  }
+}
+
+// dst row j = src row rows[j], for j in [0, n): contiguous row copies (hardware gathers are
+// slow on these CPUs), with the next row's start prefetched since it is a jump.
+template <class Arch, class T>
+void gather_rows(const T* src, std::ptrdiff_t src_stride, const std::int32_t* rows, std::ptrdiff_t n,
+                 std::ptrdiff_t d, T* dst, std::ptrdiff_t dst_stride) noexcept {
+  const std::size_t bytes = sizeof(T) * std::size_t(d);
+  for (std::ptrdiff_t j = 0; j < n; ++j) {
+    if (j + 1 < n) {
+#if defined(__GNUC__)
+      __builtin_prefetch(src + std::ptrdiff_t{rows[j + 1]} * src_stride);
+#endif
+    }
+    std::memcpy(dst + j * dst_stride, src + std::ptrdiff_t{rows[j]} * src_stride, bytes);
+  }
+}
+
+// y row rows[j] = x row rows[j] + gates[j] * update row j, for j in [0, n); x may equal y
+// (in place). The product is rounded before the sum (no FMA), whatever the compiler flags,
+// so the result equals scatter_gated_portable built with -ffp-contract=off, bit for bit.
+template <class Arch, class T>
+void scatter_gated(const T* x, std::ptrdiff_t x_stride, T* y, std::ptrdiff_t y_stride,
+                   const std::int32_t* rows, std::ptrdiff_t n, std::ptrdiff_t d, const T* update,
+                   std::ptrdiff_t update_stride, const T* gates) noexcept {
+  for (std::ptrdiff_t j = 0; j < n; ++j) {
+    const T* xr = x + std::ptrdiff_t{rows[j]} * x_stride;
+    T* yr = y + std::ptrdiff_t{rows[j]} * y_stride;
+    const T* fr = update + j * update_stride;
+    const T g = gates[j];
+    std::ptrdiff_t c = 0;
+    if constexpr (arch_traits::is_xsimd<Arch>()) {
+      using batch = xsimd::batch<T, Arch>;
+      constexpr std::ptrdiff_t width = std::ptrdiff_t(batch::size);
+      const batch gate(g);
+      for (; c + 2 * width <= d; c += 2 * width) {
+        const batch p0 = shim::rounded<Arch>(gate * batch::load_unaligned(fr + c));
+        const batch p1 = shim::rounded<Arch>(gate * batch::load_unaligned(fr + c + width));
+        (batch::load_unaligned(xr + c) + p0).store_unaligned(yr + c);
+        (batch::load_unaligned(xr + c + width) + p1).store_unaligned(yr + c + width);
+      }
+      for (; c + width <= d; c += width) {
+        const batch p = shim::rounded<Arch>(gate * batch::load_unaligned(fr + c));
+        (batch::load_unaligned(xr + c) + p).store_unaligned(yr + c);
+      }
+    }
+    for (; c < d; ++c) yr[c] = xr[c] + shim::rounded<Arch>(g * fr[c]);
+  }
+}
+
+}  // namespace mixdepth::kernels

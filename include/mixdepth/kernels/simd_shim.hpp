@@ -1,0 +1,467 @@
+#pragma once
+// The operations xsimd 8.1 lacks, written once per architecture: lane masks as integer bits,
+// compress (selected lanes packed to the front, in lane order), the positions of set bits,
+// horizontal max/min, and a barrier that keeps a product from being fused into an FMA.
+//
+// AVX-512 uses mask registers and vpcompress; AVX2 uses movemask and a permutation table;
+// every other xsimd architecture goes through memory with plain loops. Every function here
+// is a template over `Arch`, and the tables are members of class templates over `Arch`, so
+// two objects compiled with different -m flags never share (and the linker never merges) a
+// copy compiled for the wrong instruction set.
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+#include "arch.hpp"
+
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64) || defined(_M_IX86)
+#include <immintrin.h>
+#endif
+
+namespace mixdepth::kernels::shim {
+
+// ---- population count of a lane mask ----------------------------------------------------
+
+template <class Arch>
+struct popcount_table {
+  static constexpr std::array<std::uint8_t, 256> counts = [] {
+    std::array<std::uint8_t, 256> c{};
+    for (int i = 0; i < 256; ++i) c[std::size_t(i)] = std::uint8_t((i & 1) + c[std::size_t(i / 2)]);
+    return c;
+  }();
+};
+
+// __builtin_popcount is one instruction only with -mpopcnt (-mavx2 does not imply it);
+// otherwise it is a libgcc call per vector, so count bytes with a table.
+template <class Arch>
+inline int popcount(std::uint32_t bits) noexcept {
+#if defined(__POPCNT__) || defined(__aarch64__)
+  return __builtin_popcount(bits);
+#else
+  const auto& c = popcount_table<Arch>::counts;
+  return c[bits & 0xff] + c[(bits >> 8) & 0xff] + c[(bits >> 16) & 0xff] + c[bits >> 24];
+#endif
+}
+
+// The lowest `count` set bits of `bits` (count <= popcount(bits)).
+template <class Arch>
+inline std::uint32_t lowest_set_bits(std::uint32_t bits, std::ptrdiff_t count) noexcept {
+  std::uint32_t kept = 0;
+  for (; count > 0; --count) {
+    kept |= bits & (0u - bits);
+    bits &= bits - 1;
+  }
+  return kept;
+}
+
+// ---- AVX2 permutation tables --------------------------------------------------------------
+
+// For every mask of `lanes` bits: the indices of its set lanes in order, 4 bits each (entry
+// j in bits [4j, 4j+4)). Unused entries repeat index 0; compress only reads the first
+// popcount of them.
+template <class Arch, int lanes>
+struct set_lane_table {
+  static constexpr std::array<std::uint32_t, (1u << lanes)> nibbles = [] {
+    std::array<std::uint32_t, (1u << lanes)> t{};
+    for (std::uint32_t m = 0; m < (1u << lanes); ++m) {
+      std::uint32_t packed = 0;
+      int out = 0;
+      for (int lane = 0; lane < lanes; ++lane)
+        if (m >> lane & 1u) packed |= std::uint32_t(lane) << (4 * out++);
+      t[m] = packed;
+    }
+    return t;
+  }();
+};
+
+#if XSIMD_WITH_AVX2
+// The set-lane indices of an 8-bit mask as eight int32 lanes.
+template <class Arch>
+inline __m256i avx2_set_lanes8(std::uint32_t bits) noexcept {
+  const __m256i packed =
+      _mm256_set1_epi32(static_cast<int>(set_lane_table<Arch, 8>::nibbles[bits]));
+  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  return _mm256_and_si256(_mm256_srlv_epi32(packed, shifts), _mm256_set1_epi32(7));
+}
+// The set-lane indices of a 4-bit mask as four int32 lanes.
+template <class Arch>
+inline __m128i avx2_set_lanes4(std::uint32_t bits) noexcept {
+  const __m128i packed =
+      _mm_set1_epi32(static_cast<int>(set_lane_table<Arch, 4>::nibbles[bits]));
+  const __m128i shifts = _mm_setr_epi32(0, 4, 8, 12);
+  return _mm_and_si128(_mm_srlv_epi32(packed, shifts), _mm_set1_epi32(3));
+}
+#endif
+
+// ---- lane masks as bits ---------------------------------------------------------------------
+
+// Bit i set when lane i of `mask` is true.
+template <class Arch, class T>
+inline std::uint32_t mask_bits(const xsimd::batch_bool<T, Arch>& mask) noexcept {
+  constexpr std::size_t lanes = xsimd::batch<T, Arch>::size;
+#if XSIMD_WITH_AVX512F
+  if constexpr (arch_traits::has_avx512<Arch>()) {
+    std::uint32_t bits = _cvtmask16_u32(static_cast<__mmask16>(mask.data));
+#if defined(__GNUC__)
+    // Pin the bits to a general register: GCC 12 at -O1 otherwise keeps them in a mask
+    // register and may spill it with a 16-bit kmovw into this 32-bit variable, whose upper
+    // half then holds garbage.
+    __asm__("" : "+r"(bits));
+#endif
+    return bits;
+  } else
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (arch_traits::has_avx2<Arch>()) {
+    const auto reg = mask.data;  // __m256, __m256d or __m256i with all-ones lanes
+    if constexpr (std::is_same_v<T, float>)
+      return static_cast<std::uint32_t>(_mm256_movemask_ps(reg));
+    else if constexpr (std::is_same_v<T, double>)
+      return static_cast<std::uint32_t>(_mm256_movemask_pd(reg));
+    else if constexpr (sizeof(T) == 4)
+      return static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(reg)));
+    else
+      return static_cast<std::uint32_t>(_mm256_movemask_pd(_mm256_castsi256_pd(reg)));
+  } else
+#endif
+  {
+    bool lane[lanes];
+    mask.store_unaligned(lane);
+    std::uint32_t bits = 0;
+    for (std::size_t i = 0; i < lanes; ++i) bits |= std::uint32_t(lane[i]) << i;
+    return bits;
+  }
+}
+
+
+// ---- select ---------------------------------------------------------------------------------
+
+// Lane-wise mask ? a : b on integer batches. xsimd 8.1's own select for AVX-512 integer
+// batches does not compile at -O0 with GCC (it hands batch objects to intrinsics that are
+// macros there), so AVX-512 goes straight to the blend intrinsics.
+template <class Arch, class K>
+inline xsimd::batch<K, Arch> select(const xsimd::batch_bool<K, Arch>& mask, const xsimd::batch<K, Arch>& a,
+                                    const xsimd::batch<K, Arch>& b) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (arch_traits::has_avx512<Arch>() && std::is_integral_v<K> && sizeof(K) == 4) {
+    const __m512i a_reg = a.data, b_reg = b.data;
+    return _mm512_mask_blend_epi32(static_cast<__mmask16>(mask.data), b_reg, a_reg);
+  } else if constexpr (arch_traits::has_avx512<Arch>() && std::is_integral_v<K> && sizeof(K) == 8) {
+    const __m512i a_reg = a.data, b_reg = b.data;
+    return _mm512_mask_blend_epi64(static_cast<__mmask8>(mask.data), b_reg, a_reg);
+  } else
+#endif
+  {
+    return xsimd::select(mask, a, b);
+  }
+}
+
+// ---- compress -----------------------------------------------------------------------------
+
+// Pair indices that move 64-bit lanes with _mm256_permutevar8x32_epi32: for every 4-bit mask,
+// the int32 halves (2l, 2l+1) of its set lanes l in order.
+template <class Arch>
+struct set_lane_pair_table {
+  static constexpr std::array<std::array<std::int32_t, 8>, 16> pairs = [] {
+    std::array<std::array<std::int32_t, 8>, 16> t{};
+    for (std::uint32_t m = 0; m < 16; ++m) {
+      int out = 0;
+      for (int lane = 0; lane < 4; ++lane)
+        if (m >> lane & 1u) {
+          t[m][std::size_t(2 * out)] = 2 * lane;
+          t[m][std::size_t(2 * out + 1)] = 2 * lane + 1;
+          ++out;
+        }
+    }
+    return t;
+  }();
+};
+
+// Writes the lanes of `values` selected by `bits` to dst[0, popcount(bits)), in lane order.
+// Writes a whole vector: dst must have room for every lane.
+template <class Arch, class K>
+inline void compress_store(K* dst, const xsimd::batch<K, Arch>& values, std::uint32_t bits) noexcept {
+  static_assert(std::is_integral_v<K> && (sizeof(K) == 4 || sizeof(K) == 8));
+  constexpr std::size_t lanes = xsimd::batch<K, Arch>::size;
+#if XSIMD_WITH_AVX512F
+  if constexpr (arch_traits::has_avx512<Arch>()) {
+    // Compress in a register, then one plain store: vpcompress to memory is microcoded
+    // and slow on AMD Zen 4.
+    if constexpr (sizeof(K) == 4)
+      _mm512_storeu_si512(dst, _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), values));
+    else
+      _mm512_storeu_si512(dst, _mm512_maskz_compress_epi64(static_cast<__mmask8>(bits), values));
+  } else
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (arch_traits::has_avx2<Arch>()) {
+    __m256i index;
+    if constexpr (sizeof(K) == 4)
+      index = avx2_set_lanes8<Arch>(bits);
+    else
+      index = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(set_lane_pair_table<Arch>::pairs[bits].data()));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                        _mm256_permutevar8x32_epi32(values, index));
+  } else
+#endif
+  {
+    K lane[lanes];
+    values.store_unaligned(lane);
+    std::size_t out = 0;
+    for (std::size_t i = 0; i < lanes; ++i)
+      if (bits >> i & 1u) dst[out++] = lane[i];
+  }
+}
+
+// Writes base + i for every set bit i of `bits` (a mask of `lanes` lanes) to
+// dst[0, popcount(bits)), ascending. Writes `lanes` int32: dst must have room for all.
+template <class Arch, int lanes>
+inline void store_set_positions(std::int32_t* dst, std::int32_t base, std::uint32_t bits) noexcept {
+  static_assert(lanes >= 1 && lanes <= 16);
+#if XSIMD_WITH_AVX512F
+  if constexpr (arch_traits::has_avx512<Arch>() && lanes >= 8) {
+    const __m512i positions = _mm512_add_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(base));
+    const __m512i packed = _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), positions);
+    if constexpr (lanes == 16)
+      _mm512_storeu_si512(dst, packed);
+    else
+      _mm512_mask_storeu_epi32(dst, __mmask16(0xff), packed);
+    return;
+  }
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (arch_traits::has_avx2<Arch>() && lanes == 8) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                        _mm256_add_epi32(avx2_set_lanes8<Arch>(bits), _mm256_set1_epi32(base)));
+    return;
+  } else if constexpr (arch_traits::has_avx2<Arch>() && lanes == 4) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
+                     _mm_add_epi32(avx2_set_lanes4<Arch>(bits), _mm_set1_epi32(base)));
+    return;
+  }
+#endif
+  std::size_t out = 0;
+  for (int i = 0; i < lanes; ++i)
+    if (bits >> i & 1u) dst[out++] = base + i;
+}
+
+// The same with the mask as a batch_bool, returning popcount(mask): AVX-512 feeds the mask
+// register straight to the compress instead of a round trip through a general register.
+template <class Arch, class K>
+inline int compress_store(K* dst, const xsimd::batch<K, Arch>& values,
+                          const xsimd::batch_bool<K, Arch>& mask) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (arch_traits::has_avx512<Arch>()) {
+    if constexpr (sizeof(K) == 4)
+      _mm512_storeu_si512(dst, _mm512_maskz_compress_epi32(static_cast<__mmask16>(mask.data), values));
+    else
+      _mm512_storeu_si512(dst, _mm512_maskz_compress_epi64(static_cast<__mmask8>(mask.data), values));
+    return popcount<Arch>(mask_bits<Arch>(mask));
+  } else
+#endif
+  {
+    const std::uint32_t bits = mask_bits<Arch>(mask);
+    compress_store<Arch>(dst, values, bits);
+    return popcount<Arch>(bits);
+  }
+}
+
+// store_set_positions with the mask as a batch_bool of `lanes` lanes; returns popcount(mask).
+template <class Arch, int lanes, class K>
+inline int store_set_positions(std::int32_t* dst, std::int32_t base,
+                               const xsimd::batch_bool<K, Arch>& mask) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (arch_traits::has_avx512<Arch>() && lanes == 16) {
+    const __m512i positions = _mm512_add_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(base));
+    _mm512_storeu_si512(dst, _mm512_maskz_compress_epi32(static_cast<__mmask16>(mask.data), positions));
+    return popcount<Arch>(mask_bits<Arch>(mask));
+  } else
+#endif
+  {
+    const std::uint32_t bits = mask_bits<Arch>(mask);
+    store_set_positions<Arch, lanes>(dst, base, bits);
+    return popcount<Arch>(bits);
+  }
+}
+
+// acc lane = min(acc, v) (max) where mask holds, acc elsewhere; signed integer lanes.
+template <class Arch, class K>
+inline xsimd::batch<K, Arch> masked_min(const xsimd::batch<K, Arch>& acc, const xsimd::batch_bool<K, Arch>& mask,
+                                        const xsimd::batch<K, Arch>& v) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (arch_traits::has_avx512<Arch>()) {
+    const __m512i a = acc.data, b = v.data;
+    if constexpr (sizeof(K) == 4)
+      return _mm512_mask_min_epi32(a, static_cast<__mmask16>(mask.data), a, b);
+    else
+      return _mm512_mask_min_epi64(a, static_cast<__mmask8>(mask.data), a, b);
+  } else
+#endif
+  {
+    return select<Arch>(mask & (v < acc), v, acc);
+  }
+}
+template <class Arch, class K>
+inline xsimd::batch<K, Arch> masked_max(const xsimd::batch<K, Arch>& acc, const xsimd::batch_bool<K, Arch>& mask,
+                                        const xsimd::batch<K, Arch>& v) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (arch_traits::has_avx512<Arch>()) {
+    const __m512i a = acc.data, b = v.data;
+    if constexpr (sizeof(K) == 4)
+      return _mm512_mask_max_epi32(a, static_cast<__mmask16>(mask.data), a, b);
+    else
+      return _mm512_mask_max_epi64(a, static_cast<__mmask8>(mask.data), a, b);
+  } else
+#endif
+  {
+    return select<Arch>(mask & (v > acc), v, acc);
+  }
+}
+
+// ---- horizontal max and min -----------------------------------------------------------------
+
+namespace detail {
+
+enum class reduction { max, min, add };
+
+template <class Arch, class T, reduction op>
+inline T reduce(const xsimd::batch<T, Arch>& v) noexcept {
+  using batch = xsimd::batch<T, Arch>;
+  constexpr std::size_t lanes = batch::size;
+  constexpr bool is_max = op == reduction::max;
+  [[maybe_unused]] auto pick = [](const batch& a, const batch& b) {
+    return is_max ? xsimd::max(a, b) : xsimd::min(a, b);
+  };
+#if XSIMD_WITH_AVX512F
+  // Fold lane i with lane i ^ step. The zero-masked forms of the intrinsics, because the
+  // plain ones trip a false -Wuninitialized in GCC 12.2 (PR 105593).
+  if constexpr (arch_traits::has_avx512<Arch>() && (sizeof(T) == 4 || sizeof(T) == 8)) {
+    constexpr __mmask16 all = 0xffff;
+    auto fold = [&](const batch& x, int step) -> batch {
+      if constexpr (sizeof(T) == 4) {
+        const __m512i index = _mm512_xor_si512(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(step));
+        if constexpr (std::is_same_v<T, float>) {
+          const __m512 other = _mm512_maskz_permutexvar_ps(all, index, x);
+          if constexpr (op == reduction::add) return _mm512_maskz_add_ps(all, x, other);
+          return is_max ? _mm512_maskz_max_ps(all, x, other) : _mm512_maskz_min_ps(all, x, other);
+        } else {
+          const __m512i other = _mm512_maskz_permutexvar_epi32(all, index, x);
+          if constexpr (op == reduction::add) return _mm512_maskz_add_epi32(all, x, other);
+          return is_max ? _mm512_maskz_max_epi32(all, x, other) : _mm512_maskz_min_epi32(all, x, other);
+        }
+      } else {
+        const __m512i index =
+            _mm512_xor_si512(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_epi64(step));
+        if constexpr (std::is_same_v<T, double>) {
+          const __m512d other = _mm512_maskz_permutexvar_pd(__mmask8(all), index, x);
+          if constexpr (op == reduction::add) return _mm512_maskz_add_pd(__mmask8(all), x, other);
+          return is_max ? _mm512_maskz_max_pd(__mmask8(all), x, other)
+                        : _mm512_maskz_min_pd(__mmask8(all), x, other);
+        } else {
+          const __m512i other = _mm512_maskz_permutexvar_epi64(__mmask8(all), index, x);
+          if constexpr (op == reduction::add) return _mm512_maskz_add_epi64(__mmask8(all), x, other);
+          return is_max ? _mm512_maskz_max_epi64(__mmask8(all), x, other)
+                        : _mm512_maskz_min_epi64(__mmask8(all), x, other);
+        }
+      }
+    };
+    batch m = v;
+    for (int step = int(lanes) / 2; step >= 1; step /= 2) m = fold(m, step);
+    T lane[lanes];
+    m.store_unaligned(lane);
+    return lane[0];
+  }
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (arch_traits::has_avx2<Arch>() && op == reduction::add) {
+    return xsimd::hadd(v);
+  } else if constexpr (arch_traits::has_avx2<Arch>() && (sizeof(T) == 4 || sizeof(T) == 8)) {
+    // Fold halves: 128-bit halves, then 64-bit, then (32-bit lanes only) 32-bit neighbours.
+    using bits_batch = xsimd::batch<float, Arch>;
+    auto swapped = [](const batch& x, auto shuffle) {
+      if constexpr (std::is_same_v<T, float>) {
+        return batch(shuffle(x.data));
+      } else {
+        const __m256 r = xsimd::bitwise_cast<bits_batch>(x).data;
+        return xsimd::bitwise_cast<batch>(bits_batch(shuffle(r)));
+      }
+    };
+    batch m = pick(v, swapped(v, [](__m256 r) { return _mm256_permute2f128_ps(r, r, 1); }));
+    m = pick(m, swapped(m, [](__m256 r) { return _mm256_permute_ps(r, 0x4e); }));
+    if constexpr (sizeof(T) == 4) m = pick(m, swapped(m, [](__m256 r) { return _mm256_permute_ps(r, 0xb1); }));
+    return m.get(0);
+  }
+#endif
+  T lane[lanes];
+  v.store_unaligned(lane);
+  T best = lane[0];
+  for (std::size_t i = 1; i < lanes; ++i) {
+    if constexpr (op == reduction::add)
+      best += lane[i];
+    else if (is_max ? lane[i] > best : lane[i] < best)
+      best = lane[i];
+  }
+  return best;
+}
+
+}  // namespace detail
+
+// The largest and smallest lane (numbers and integer keys; NaN lanes are unspecified), and
+// the sum of the lanes (xsimd::hadd splits AVX-512 integer batches in halves).
+template <class Arch, class T>
+inline T reduce_max(const xsimd::batch<T, Arch>& v) noexcept {
+  return detail::reduce<Arch, T, detail::reduction::max>(v);
+}
+template <class Arch, class T>
+inline T reduce_min(const xsimd::batch<T, Arch>& v) noexcept {
+  return detail::reduce<Arch, T, detail::reduction::min>(v);
+}
+template <class Arch, class T>
+inline T reduce_add(const xsimd::batch<T, Arch>& v) noexcept {
+  return detail::reduce<Arch, T, detail::reduction::add>(v);
+}
+
+// ---- rounding barrier -------------------------------------------------------------------------
+
+// Returns `value` unchanged, but the compiler can no longer see that it is a product, so it
+// cannot fuse it into a following addition: GCC contracts a*b+c into an FMA by default, even
+// for intrinsics and in ISO C++ mode. Costs no instruction. `value`: a float, a double or an
+// xsimd batch of them.
+template <class Arch, class V>
+inline V rounded(V value) noexcept {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
+#if defined(__AVX512F__)
+#define MIXDEPTH_VECTOR_REGISTER_CONSTRAINT "+v"
+#else
+#define MIXDEPTH_VECTOR_REGISTER_CONSTRAINT "+x"
+#endif
+  if constexpr (std::is_floating_point_v<V>) {
+    __asm__("" : MIXDEPTH_VECTOR_REGISTER_CONSTRAINT(value));
+  } else {
+    auto reg = value.data;
+    __asm__("" : MIXDEPTH_VECTOR_REGISTER_CONSTRAINT(reg));
+    value = V(reg);
+  }
+#undef MIXDEPTH_VECTOR_REGISTER_CONSTRAINT
+#elif defined(__GNUC__) && defined(__aarch64__)
+  if constexpr (std::is_floating_point_v<V>) {
+    __asm__("" : "+w"(value));
+  } else {
+    auto reg = value.data;
+    __asm__("" : "+w"(reg));
+    value = V(reg);
+  }
+#endif
+  // Elsewhere the caller's -ffp-contract=off (or the compiler's default) must keep it apart.
+  return value;
+}
+
+}  // namespace mixdepth::kernels::shim
