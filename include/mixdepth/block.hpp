@@ -113,7 +113,7 @@ struct BlockForward {
   // y = x + f(x) on every valid row (see forward_dense).
   template <class T, class F>
   static void dense(F& f, MatrixCRef<T> x, Shape shape, T* y_data, Index y_stride,
-                    Workspace<T>& ws, std::span<const Index> lengths) {
+                    Workspace<T>& ws, std::span<const Index> lengths, std::span<const Index> starts) {
     const Index d = x.cols();
     ws.reserve(shape, d, shape.seq_len);
     ws.shape_ = shape;
@@ -125,7 +125,8 @@ struct BlockForward {
       const Index valid = lengths.empty() ? shape.seq_len : lengths[b];
       for (Index p = 0; p < valid; ++p) {
         ws.routed_rows_[std::size_t(n)] = static_cast<Position>(b * shape.seq_len + p);
-        ws.routed_positions_[std::size_t(n)] = static_cast<Position>(p);
+        ws.routed_positions_[std::size_t(n)] =
+            static_cast<Position>(p + (starts.empty() ? Index{0} : starts[std::size_t(b)]));
         ws.gates_[std::size_t(n)] = T(1);
         ++n;
       }
@@ -318,9 +319,11 @@ class Block {
 // block is measured against, through the same plumbing (f sees all rows at their positions).
 // Padding rows (positions >= lengths[b]) are not given to f and come through unchanged.
 // y may be x itself (in place) but must not partially overlap it.
+// start_positions (empty, or one per sequence) offset the positions f sees, as in
+// Block::forward_causal: a decode step passes the tokens each sequence has seen.
 template <class T, BlockFunction<T> F>
 void forward_dense(F& f, MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Workspace<T>& ws,
-                   std::span<const Index> lengths = {}) {
+                   std::span<const Index> lengths = {}, std::span<const Index> start_positions = {}) {
   constexpr std::string_view where = "forward_dense";
   const Index rows = detail::checked_rows(where, shape);
   detail::require_equal(where, "x.rows()", rows, x.rows());
@@ -331,7 +334,8 @@ void forward_dense(F& f, MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Workspace
   if (x.data() == y.data() && x.outerStride() != y.outerStride())
     detail::fail(where, "y.outerStride()", x.outerStride(), y.outerStride());
   detail::check_lengths(where, shape, lengths);
-  detail::BlockForward::dense(f, x, shape, y.data(), y.outerStride(), ws, lengths);
+  detail::check_starts(where, shape, start_positions);
+  detail::BlockForward::dense(f, x, shape, y.data(), y.outerStride(), ws, lengths, start_positions);
 }
 
 }  // namespace mixdepth

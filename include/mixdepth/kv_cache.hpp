@@ -1,0 +1,138 @@
+#pragma once
+// KvCache<T>: the key/value cache of one attention block for a batch of sequences, MoD-aware:
+// it holds only the tokens the block routed (a skipped token never enters it), each with its
+// original position. Capacity is explicit: reserve() is the only call that allocates, and
+// an append past the reserve throws instead of growing.
+#include <algorithm>
+#include <cstring>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "types.hpp"
+
+namespace mixdepth {
+
+template <class T>
+class KvCache {
+ public:
+  KvCache() = default;
+  // `batch` sequences, rows of `width` numbers (kv heads * head dim), room for `capacity`
+  // tokens per sequence.
+  KvCache(Index batch, Index width, Index capacity) {
+    constexpr std::string_view where = "KvCache";
+    if (batch < 0) detail::fail(where, "batch", ">= 0", batch);
+    if (width < 1) detail::fail(where, "width", ">= 1", width);
+    if (capacity < 0) detail::fail(where, "capacity", ">= 0", capacity);
+    width_ = width;
+    sequences_.resize(std::size_t(batch));
+    reserve(capacity);
+  }
+
+  Index batch() const { return static_cast<Index>(sequences_.size()); }
+  Index width() const { return width_; }
+  Index capacity() const { return capacity_; }
+  // Tokens stored for sequence b.
+  Index size(Index b) const { return sequence(b).size; }
+  ConstRowMatrixMap<T> keys(Index b) const { return {sequence(b).keys.data(), size(b), width_}; }
+  ConstRowMatrixMap<T> values(Index b) const { return {sequence(b).values.data(), size(b), width_}; }
+  std::span<const Position> positions(Index b) const {
+    return {sequence(b).positions.data(), std::size_t(size(b))};
+  }
+  // The position of the last stored token of sequence b, or -1 when it has none.
+  Position last_position(Index b) const {
+    const auto& s = sequence(b);
+    return s.size == 0 ? Position{-1} : s.positions[std::size_t(s.size - 1)];
+  }
+  Index tokens() const {
+    Index total = 0;
+    for (const auto& s : sequences_) total += s.size;
+    return total;
+  }
+
+  // Bytes the stored tokens occupy (keys, values and positions), and bytes reserved.
+  std::size_t bytes() const { return std::size_t(tokens()) * token_bytes(); }
+  std::size_t reserved_bytes() const {
+    return std::size_t(capacity_) * std::size_t(batch()) * token_bytes();
+  }
+  std::size_t token_bytes() const { return 2 * std::size_t(width_) * sizeof(T) + sizeof(Position); }
+
+  // Room for `capacity` tokens per sequence; keeps what is stored. Never shrinks.
+  void reserve(Index capacity) {
+    if (capacity < 0) detail::fail("KvCache::reserve", "capacity", ">= 0", capacity);
+    if (capacity <= capacity_) return;
+    for (auto& s : sequences_) {
+      s.keys.resize(std::size_t(capacity * width_));
+      s.values.resize(std::size_t(capacity * width_));
+      s.positions.resize(std::size_t(capacity));
+    }
+    capacity_ = capacity;
+  }
+
+  // Drops the tokens of sequence b after the first `size` (a rollback: `size` <= size(b)).
+  void truncate(Index b, Index size) {
+    auto& s = sequences_[std::size_t(checked_sequence("KvCache::truncate", b))];
+    if (size < 0 || size > s.size)
+      detail::fail("KvCache::truncate", "size", "in [0, " + std::to_string(s.size) + "]", size);
+    s.size = size;
+  }
+
+  // Forgets every stored token; keeps the reserve.
+  void clear() {
+    for (auto& s : sequences_) s.size = 0;
+  }
+
+  // Checks that `count[b]` more tokens with the given positions fit sequence b: within the
+  // reserve and after its last stored position. Throws mixdepth::Error otherwise.
+  void check_append(std::string_view where, Index b, Index count, std::span<const Position> positions) const {
+    if (b < 0 || b >= batch())
+      detail::fail(where, "sequence", "in [0, " + std::to_string(batch()) + ") (cache batch)", b);
+    if (size(b) + count > capacity_)
+      detail::fail(where, "tokens of sequence " + std::to_string(b),
+                   "<= " + std::to_string(capacity_) + " (the cache's reserve; call KvCache::reserve)",
+                   std::to_string(size(b)) + " cached + " + std::to_string(count) + " new");
+    Position previous = last_position(b);
+    for (std::size_t j = 0; j < positions.size(); ++j) {
+      if (positions[j] <= previous)
+        detail::fail(where, "position of new token " + std::to_string(j) + " of sequence " + std::to_string(b),
+                     "> " + std::to_string(previous) + " (after every cached token)", positions[j]);
+      previous = positions[j];
+    }
+  }
+
+  // Appends rows [first, first + count) of keys and values with their positions to sequence
+  // b. Call check_append first: this one does not check.
+  void append_unchecked(Index b, MatrixCRef<T> keys, MatrixCRef<T> values, Index first, Index count,
+                        std::span<const Position> positions) {
+    auto& s = sequences_[std::size_t(b)];
+    for (Index j = 0; j < count; ++j) {
+      std::memcpy(s.keys.data() + (s.size + j) * width_, &keys.coeffRef(first + j, 0), sizeof(T) * std::size_t(width_));
+      std::memcpy(s.values.data() + (s.size + j) * width_, &values.coeffRef(first + j, 0), sizeof(T) * std::size_t(width_));
+      s.positions[std::size_t(s.size + j)] = positions[std::size_t(j)];
+    }
+    s.size += count;
+  }
+
+ private:
+  struct Sequence {
+    std::vector<T> keys;    // [capacity, width]
+    std::vector<T> values;  // [capacity, width]
+    std::vector<Position> positions;
+    Index size = 0;
+  };
+
+  Index checked_sequence(std::string_view where, Index b) const {
+    if (b < 0 || b >= batch())
+      detail::fail(where, "sequence", "in [0, " + std::to_string(batch()) + ")", b);
+    return b;
+  }
+  const Sequence& sequence(Index b) const {
+    return sequences_[std::size_t(checked_sequence("KvCache", b))];
+  }
+
+  Index width_ = 0;
+  Index capacity_ = 0;
+  std::vector<Sequence> sequences_;
+};
+
+}  // namespace mixdepth

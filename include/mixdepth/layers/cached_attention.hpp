@@ -1,0 +1,64 @@
+#pragma once
+// CachedAttention: the reference attention as a block function over a KvCache. The routed
+// rows' keys and values are appended to their sequence's cache (only routed tokens ever
+// enter it), then every routed row attends, causally by position, over its sequence's cached
+// tokens, itself included. With an empty cache this is exactly Attention over the same
+// Routed batch (a prefill); with one token per sequence it is a decode step.
+#include <string>
+
+#include "../kv_cache.hpp"
+#include "../routed.hpp"
+#include "attention.hpp"
+
+namespace mixdepth::layers {
+
+template <class T>
+class CachedAttention {
+ public:
+  // Both must outlive this object. Throws mixdepth::Error unless the cache's rows are as
+  // wide as the attention's keys.
+  CachedAttention(const Attention<T>& attention, KvCache<T>& cache) : attention_(&attention), cache_(&cache) {
+    detail::require_equal("CachedAttention", "cache.width()", attention.config().kv_width(), cache.width());
+  }
+
+  const Attention<T>& attention() const { return *attention_; }
+  KvCache<T>& cache() const { return *cache_; }
+
+  // Block function. Every check (shapes, one Routed sequence per cache sequence, room in the
+  // cache, positions after the cached ones) runs before the cache changes.
+  void operator()(const Routed<T>& in, MatrixRef<T> out) const {
+    constexpr std::string_view where = "CachedAttention";
+    const AttentionConfig& config = attention_->config();
+    detail::check_routed(where, in, config.d_model, out.rows(), out.cols());
+    detail::require_equal(where, "in.batch() (sequences, one per cache sequence)", cache_->batch(), in.batch());
+    for (Index b = 0; b < in.batch(); ++b)
+      cache_->check_append(where, b, in.count(b),
+                           in.positions.subspan(std::size_t(in.offsets[std::size_t(b)]), std::size_t(in.count(b))));
+
+    mixdepth::detail::ScratchScope<T> scratch(in.scratch);
+    const Index n = in.rows();
+    if (n == 0) return;
+    auto queries = scratch->matrix(n, config.query_width());
+    auto keys = scratch->matrix(n, config.kv_width());
+    auto values = scratch->matrix(n, config.kv_width());
+    const detail::PositionList positions{in.positions};
+    attention_->project_unchecked(in.x, positions, queries, keys, values, *scratch);
+    for (Index b = 0; b < in.batch(); ++b) {
+      const Index first = in.offsets[std::size_t(b)], count = in.count(b);
+      if (count == 0) continue;
+      cache_->append_unchecked(b, keys, values, first, count,
+                               in.positions.subspan(std::size_t(first), std::size_t(count)));
+      // Q doubles as the context buffer: attend reads a query block before writing it.
+      attention_->attend_unchecked(queries.middleRows(first, count), positions.subspan(first, count),
+                                   cache_->keys(b), cache_->values(b), detail::PositionList{cache_->positions(b)},
+                                   queries.middleRows(first, count), *scratch);
+    }
+    out.noalias() = queries * attention_->weights().output;
+  }
+
+ private:
+  const Attention<T>* attention_;
+  KvCache<T>* cache_;
+};
+
+}  // namespace mixdepth::layers

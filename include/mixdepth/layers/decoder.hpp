@@ -1,0 +1,280 @@
+#pragma once
+// Decoder<T>: a stack of pre-norm transformer layers (GQA attention with RoPE, SwiGLU MLP)
+// in which chosen layers are Mixture-of-Depths blocks, with a MoD-aware KV cache per layer,
+// for autoregressive decoding (DESIGN.md section 2). MoD layers route by top-k over a whole
+// prompt, or causally (a CausalPredictor, or the router's logit) token by token; a token a
+// layer skips never enters that layer's cache.
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "../block.hpp"
+#include "../kv_cache.hpp"
+#include "../predictor.hpp"
+#include "attention.hpp"
+#include "cached_attention.hpp"
+#include "mlp.hpp"
+
+namespace mixdepth::layers {
+
+struct DecoderConfig {
+  Index layers = 8;
+  AttentionConfig attention;
+  SwiGluConfig mlp;
+  double capacity = 0.125;       // top-k capacity of the MoD layers
+  Index mod_every = 2;           // layer l is MoD when (l + 1) % mod_every == 0; 0: none
+  Index predictor_hidden = 64;   // width of each MoD layer's causal predictor
+  Gate gate = Gate::identity;
+};
+
+// How MoD layers route: top-k over each sequence (not causal: prompts, training), or a
+// causal rule, the layer's predictor or its router's logit (`r > threshold`).
+enum class Routing { top_k, predictor, router };
+
+template <class T>
+class Decoder {
+  // A block function that calls an MLP it does not own.
+  struct MlpView {
+    const SwiGluMlp<T>* mlp;
+    void operator()(const Routed<T>& in, MatrixRef<T> out) const { (*mlp)(in, out); }
+  };
+  struct AttentionView {
+    const Attention<T>* attention;
+    void operator()(const Routed<T>& in, MatrixRef<T> out) const { (*attention)(in, out); }
+  };
+  using CachedLayer = Sequential<CachedAttention<T>, MlpView>;
+  using UncachedLayer = Sequential<AttentionView, MlpView>;
+
+  struct Layer {
+    Layer(const DecoderConfig& c, bool routed_layer, std::uint64_t seed)
+        : attention(Attention<T>::random(c.attention, seed)),
+          mlp(SwiGluMlp<T>::random(c.mlp, seed + 1)),
+          cache(0, c.attention.kv_width(), 0),
+          routed(routed_layer),
+          predictor(c.attention.d_model, c.predictor_hidden, Activation::silu, seed + 2),
+          router_threshold{T(0)},
+          cached(Router<T>(random_router(c.attention.d_model, seed + 3)), Capacity::fraction(c.capacity),
+                 CachedLayer(CachedAttention<T>(attention, cache), MlpView{&mlp}), c.gate),
+          uncached(cached.router(), Capacity::fraction(c.capacity),
+                   UncachedLayer(AttentionView{&attention}, MlpView{&mlp}), c.gate) {}
+    Layer(const Layer&) = delete;
+    Layer& operator=(const Layer&) = delete;
+
+    static Vector<T> random_router(Index d, std::uint64_t seed) {
+      NormalSource normal(seed);
+      Vector<T> w(d);
+      for (Index i = 0; i < d; ++i) w(i) = static_cast<T>(normal() / std::sqrt(double(d)));
+      return w;
+    }
+
+    Attention<T> attention;
+    SwiGluMlp<T> mlp;
+    KvCache<T> cache;
+    bool routed;
+    CausalPredictor<T> predictor;
+    RouterThreshold<T> router_threshold;
+    Block<T, CachedLayer> cached;      // fills and reads `cache`
+    Block<T, UncachedLayer> uncached;  // the same layer without a cache (full-sequence forward)
+    long visits = 0, routed_visits = 0;  // decode steps through this layer, and how many routed
+  };
+
+ public:
+  Decoder(DecoderConfig config, std::uint64_t seed) : config_(config) {
+    if (config.layers < 1) detail::fail("Decoder", "config.layers", ">= 1", config.layers);
+    if (config.mod_every < 0) detail::fail("Decoder", "config.mod_every", ">= 0", config.mod_every);
+    detail::require_equal("Decoder", "config.mlp.d_model", config.attention.d_model, config.mlp.d_model);
+    for (Index l = 0; l < config.layers; ++l) {
+      const bool routed = config.mod_every > 0 && (l + 1) % config.mod_every == 0;
+      layers_.push_back(std::make_unique<Layer>(config, routed, seed + 10 * std::uint64_t(l)));
+    }
+  }
+
+  const DecoderConfig& config() const { return config_; }
+  Index layers() const { return static_cast<Index>(layers_.size()); }
+  Index dim() const { return config_.attention.d_model; }
+  bool is_routed(Index l) const { return layer(l).routed; }
+  CausalPredictor<T>& predictor(Index l) { return layer(l).predictor; }
+  RouterThreshold<T>& router_threshold(Index l) { return layer(l).router_threshold; }
+  const Router<T>& router(Index l) const { return layer(l).cached.router(); }
+  const KvCache<T>& cache(Index l) const { return layer(l).cache; }
+  Index batch() const { return static_cast<Index>(positions_.size()); }
+  // Tokens each sequence has seen: the position its next token takes.
+  std::span<const Index> positions() const { return positions_; }
+
+  // Empties the caches and makes room for `batch` sequences: `dense_tokens` per sequence in
+  // dense layers, `routed_tokens` in MoD layers (a MoD layer caches only what it routed).
+  // The only call that allocates, with the first prefill and step of a shape.
+  void reset(Index batch, Index dense_tokens, Index routed_tokens) {
+    if (batch < 1) detail::fail("Decoder::reset", "batch", ">= 1", batch);
+    for (auto& l : layers_) {
+      l->cache = KvCache<T>(batch, config_.attention.kv_width(), l->routed ? routed_tokens : dense_tokens);
+      l->visits = l->routed_visits = 0;
+    }
+    positions_.assign(std::size_t(batch), 0);
+    sizes_.assign(layers_.size() * std::size_t(batch), 0);
+    step_in_ = RowMatrix<T>(batch, dim());
+    step_out_ = RowMatrix<T>(batch, dim());
+  }
+
+  // Runs the prompt x ([batch * seq_len, d], padding after lengths[b]) through every layer,
+  // filling the caches from empty; y gets the last layer's output. MoD layers route by
+  // `routing`. If `layer_inputs` is given, it receives each layer's input (for training and
+  // calibrating predictors).
+  void prefill(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Routing routing,
+               std::span<const Index> lengths = {}, std::vector<RowMatrix<T>>* layer_inputs = nullptr) {
+    constexpr std::string_view where = "Decoder::prefill";
+    require_reset(where);
+    detail::require_equal(where, "shape.batch", batch(), shape.batch);
+    for (Index b = 0; b < batch(); ++b)
+      if (layer(0).cache.size(b) != 0 || positions_[std::size_t(b)] != 0)
+        detail::fail(where, "positions()[" + std::to_string(b) + "]", "0 (prefill starts from empty caches; call reset)",
+                     positions_[std::size_t(b)]);
+    const auto saved = save();
+    try {
+      run_layers(x, shape, y, routing, lengths, {}, layer_inputs, /*cached=*/true);
+    } catch (...) {
+      restore(saved);
+      throw;
+    }
+    for (Index b = 0; b < batch(); ++b) positions_[std::size_t(b)] = lengths.empty() ? shape.seq_len : lengths[b];
+  }
+
+  // One decode step: x holds one new token per sequence ([batch, d]); every MoD layer routes
+  // it causally (`routing` must not be top_k). y gets the last layer's output. On any error
+  // the caches and positions are left as they were.
+  void step(MatrixCRef<T> x, MatrixRef<T> y, Routing routing) {
+    constexpr std::string_view where = "Decoder::step";
+    require_reset(where);
+    if (routing == Routing::top_k)
+      detail::fail(where, "routing", "Routing::predictor or Routing::router (top-k is not causal)", "Routing::top_k");
+    detail::require_equal(where, "x.rows() (one token per sequence)", batch(), x.rows());
+    detail::require_equal(where, "x.cols()", dim(), x.cols());
+    detail::require_equal(where, "y.rows()", batch(), y.rows());
+    detail::require_equal(where, "y.cols()", dim(), y.cols());
+    const auto saved = save();
+    try {
+      run_layers(x, Shape{batch(), 1}, y, routing, {}, positions_, nullptr, /*cached=*/true);
+    } catch (...) {
+      restore(saved);
+      throw;
+    }
+    for (auto& p : positions_) ++p;
+  }
+
+  // The same stack over whole sequences without any cache: MoD layers route by `routing`
+  // (top-k, or the causal rules token by token). Decoding step by step with a causal rule
+  // gives these outputs. Does not touch the caches.
+  void forward(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Routing routing, std::span<const Index> lengths = {},
+               std::vector<RowMatrix<T>>* layer_inputs = nullptr) {
+    run_layers(x, shape, y, routing, lengths, {}, layer_inputs, /*cached=*/false);
+  }
+
+  // A point to return to: every cache's size and every position. restore() drops what was
+  // appended since (benchmarks decode from the same context again; speculative decoding).
+  struct Checkpoint {
+    std::vector<Index> sizes;
+    std::vector<Index> positions;
+  };
+  Checkpoint checkpoint() const { return save(); }
+  void restore(const Checkpoint& c) {
+    for (std::size_t l = 0; l < layers_.size(); ++l)
+      for (Index b = 0; b < batch(); ++b)
+        layers_[l]->cache.truncate(b, c.sizes[l * std::size_t(batch()) + std::size_t(b)]);
+    positions_ = c.positions;
+  }
+
+  // Bytes the caches hold, all layers.
+  std::size_t kv_bytes() const {
+    std::size_t total = 0;
+    for (const auto& l : layers_) total += l->cache.bytes();
+    return total;
+  }
+  // Decode steps through MoD layers, and how many of them routed the token.
+  long routed_layer_visits() const { return sum(&Layer::visits); }
+  long routed_layer_routed() const { return sum(&Layer::routed_visits); }
+
+ private:
+  Layer& layer(Index l) {
+    if (l < 0 || l >= layers()) detail::fail("Decoder", "layer", "in [0, " + std::to_string(layers()) + ")", l);
+    return *layers_[std::size_t(l)];
+  }
+  const Layer& layer(Index l) const { return const_cast<Decoder*>(this)->layer(l); }
+
+  void require_reset(std::string_view where) const {
+    if (positions_.empty()) detail::fail(where, "decoder", "reset(batch, ...) called first", "no reset");
+  }
+
+  long sum(long Layer::*field) const {
+    long total = 0;
+    for (const auto& l : layers_) total += (*l).*field;
+    return total;
+  }
+
+  Checkpoint save() const {
+    Checkpoint c{sizes_, positions_};
+    c.sizes.resize(layers_.size() * std::size_t(batch()));
+    for (std::size_t l = 0; l < layers_.size(); ++l)
+      for (Index b = 0; b < batch(); ++b) c.sizes[l * std::size_t(batch()) + std::size_t(b)] = layers_[l]->cache.size(b);
+    return c;
+  }
+
+  template <class B>
+  void run_layer(Layer& l, B& block, MatrixCRef<T> in, Shape shape, MatrixRef<T> out, Routing routing,
+                 std::span<const Index> lengths, std::span<const Index> starts) {
+    if (!l.routed) {
+      // The dense layer goes through the same function with every token routed, gate 1.
+      forward_dense<T>(block.function(), in, shape, out, workspace_, lengths, starts);
+      return;
+    }
+    switch (routing) {
+      case Routing::top_k: block.forward(in, shape, out, workspace_, lengths); break;
+      case Routing::predictor: block.forward_causal(in, shape, out, workspace_, l.predictor, lengths, starts); break;
+      case Routing::router: block.forward_causal(in, shape, out, workspace_, l.router_threshold, lengths, starts); break;
+    }
+  }
+
+  void run_layers(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Routing routing, std::span<const Index> lengths,
+                  std::span<const Index> starts, std::vector<RowMatrix<T>>* layer_inputs, bool cached) {
+    const Index rows = mixdepth::detail::checked_rows("Decoder", shape);
+    detail::require_equal("Decoder", "x.rows()", rows, x.rows());
+    detail::require_equal("Decoder", "x.cols()", dim(), x.cols());
+    detail::require_equal("Decoder", "y.rows()", rows, y.rows());
+    detail::require_equal("Decoder", "y.cols()", dim(), y.cols());
+    if (layer_inputs) layer_inputs->clear();
+    // Ping-pong between two buffers; steps reuse the ones reset() sized.
+    const bool step_buffers = rows == step_in_.rows() && starts.size() > 0;
+    RowMatrix<T> own_a, own_b;
+    if (!step_buffers) {
+      own_a.resize(rows, dim());
+      own_b.resize(rows, dim());
+    }
+    T* current = step_buffers ? step_in_.data() : own_a.data();
+    T* next = step_buffers ? step_out_.data() : own_b.data();
+    RowMatrixMap<T>(current, rows, dim()) = x;
+    for (auto& l : layers_) {
+      RowMatrixMap<T> in(current, rows, dim()), out(next, rows, dim());
+      if (layer_inputs) layer_inputs->push_back(in);
+      if (cached)
+        run_layer(*l, l->cached, in, shape, out, routing, lengths, starts);
+      else
+        run_layer(*l, l->uncached, in, shape, out, routing, lengths, starts);
+      if (cached && !starts.empty() && l->routed) {
+        l->visits += rows;
+        l->routed_visits += static_cast<long>(workspace_.routed_rows().size());
+      }
+      std::swap(current, next);
+    }
+    y = RowMatrixMap<T>(current, rows, dim());
+  }
+
+  DecoderConfig config_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<Index> positions_;
+  std::vector<Index> sizes_;
+  RowMatrix<T> step_in_, step_out_;
+  Workspace<T> workspace_;
+};
+
+}  // namespace mixdepth::layers

@@ -1,0 +1,210 @@
+// The MoD-aware KV cache, CachedAttention and Decoder: decoding step by step equals the
+// causal forward over whole sequences; skipped tokens never enter a layer's cache.
+#include "test_helpers.hpp"
+
+#include <cmath>
+#include <limits>
+
+using namespace mixdepth;
+using namespace mixdepth::testing;
+using layers::Decoder;
+using layers::Routing;
+
+namespace {
+
+layers::DecoderConfig small_config(double capacity = 0.25) {
+  layers::DecoderConfig c;
+  c.layers = 4;
+  c.attention = {.d_model = 32, .n_heads = 4, .n_kv_heads = 2, .head_dim = 8};
+  c.mlp = {.d_model = 32, .hidden = 64};
+  c.capacity = capacity;
+  c.predictor_hidden = 16;
+  return c;
+}
+
+double max_relative_row_error(const RowMatrix<float>& a, const RowMatrix<float>& b) {
+  double worst = 0;
+  for (Index r = 0; r < a.rows(); ++r) {
+    const double scale = std::max(1e-30, double(b.row(r).norm()));
+    worst = std::max(worst, double((a.row(r) - b.row(r)).norm()) / scale);
+  }
+  return worst;
+}
+
+// Decodes x ([batch * seq_len, d]) with a prefill of `prompt` tokens and steps for the rest;
+// returns the last layer's output for every token in the layout of x.
+RowMatrix<float> decode(Decoder<float>& decoder, const RowMatrix<float>& x, Shape shape, Index prompt, Routing routing) {
+  const Index d = x.cols();
+  RowMatrix<float> out(shape.rows(), d);
+  RowMatrix<float> prompt_x(shape.batch * prompt, d), prompt_y(shape.batch * prompt, d);
+  for (Index b = 0; b < shape.batch; ++b) prompt_x.middleRows(b * prompt, prompt) = x.middleRows(b * shape.seq_len, prompt);
+  decoder.prefill(prompt_x, {shape.batch, prompt}, prompt_y, routing);
+  for (Index b = 0; b < shape.batch; ++b) out.middleRows(b * shape.seq_len, prompt) = prompt_y.middleRows(b * prompt, prompt);
+  RowMatrix<float> token(shape.batch, d), y(shape.batch, d);
+  for (Index t = prompt; t < shape.seq_len; ++t) {
+    for (Index b = 0; b < shape.batch; ++b) token.row(b) = x.row(b * shape.seq_len + t);
+    decoder.step(token, y, routing);
+    for (Index b = 0; b < shape.batch; ++b) out.row(b * shape.seq_len + t) = y.row(b);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("decoder: decoding step by step equals the causal forward over whole sequences") {
+  for (Routing routing : {Routing::router, Routing::predictor}) {
+    Decoder<float> decoder(small_config(), 42);
+    const Shape shape{2, 24};
+    const RowMatrix<float> x = random_matrix<float>(shape.rows(), 32, 7);
+    RowMatrix<float> full(shape.rows(), 32);
+    decoder.forward(x, shape, full, routing);
+    decoder.reset(shape.batch, shape.seq_len, shape.seq_len);
+    const RowMatrix<float> stepped = decode(decoder, x, shape, 5, routing);
+    INFO("routing ", int(routing));
+    CHECK(max_relative_row_error(stepped, full) <= 1e-5);
+    CHECK(decoder.positions()[0] == 24);
+    // some but not all tokens were routed through the MoD layers
+    CHECK(decoder.routed_layer_routed() > 0);
+    CHECK(decoder.routed_layer_routed() < decoder.routed_layer_visits());
+    CHECK(decoder.routed_layer_visits() == 2 * (24 - 5) * 2);  // 2 MoD layers, 19 steps, batch 2
+  }
+}
+
+TEST_CASE("decoder: every token routed equals top-k at full capacity; none routed makes MoD layers the identity") {
+  Decoder<float> decoder(small_config(1.0), 43);
+  const Shape shape{2, 12};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), 32, 8);
+  RowMatrix<float> dense(shape.rows(), 32);
+  decoder.forward(x, shape, dense, Routing::top_k);
+  for (Index l = 0; l < decoder.layers(); ++l) decoder.router_threshold(l).threshold = -std::numeric_limits<float>::infinity();
+  decoder.reset(shape.batch, shape.seq_len, shape.seq_len);
+  CHECK(max_relative_row_error(decode(decoder, x, shape, 3, Routing::router), dense) <= 1e-5);
+  for (Index l = 1; l < decoder.layers(); l += 2) CHECK(decoder.cache(l).tokens() == shape.rows());
+
+  for (Index l = 0; l < decoder.layers(); ++l) decoder.router_threshold(l).threshold = std::numeric_limits<float>::infinity();
+  std::vector<RowMatrix<float>> inputs;
+  RowMatrix<float> y(shape.rows(), 32);
+  decoder.forward(x, shape, y, Routing::router, {}, &inputs);
+  REQUIRE(inputs.size() == 4);
+  CHECK(bit_equal(inputs[2], inputs[1]));  // layer 1 is MoD and routed nothing: identity
+  CHECK(bit_equal(y, inputs[3]));          // so is layer 3
+  decoder.reset(shape.batch, shape.seq_len, shape.seq_len);
+  decode(decoder, x, shape, 3, Routing::router);
+  CHECK(decoder.cache(1).tokens() == 0);
+  CHECK(decoder.cache(3).tokens() == 0);
+  CHECK(decoder.cache(0).tokens() == shape.rows());
+}
+
+TEST_CASE("decoder: a MoD layer's cache holds exactly the routed tokens, with their positions and bytes") {
+  Decoder<float> decoder(small_config(), 44);
+  const Shape shape{2, 20};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), 32, 9);
+  std::vector<RowMatrix<float>> inputs;
+  RowMatrix<float> full(shape.rows(), 32);
+  decoder.forward(x, shape, full, Routing::router, {}, &inputs);
+  decoder.reset(shape.batch, shape.seq_len, shape.seq_len);
+  decode(decoder, x, shape, 1, Routing::router);
+  std::size_t bytes = 0;
+  for (Index l = 0; l < decoder.layers(); ++l) {
+    // the router's decisions on this layer's input, recomputed independently
+    Vector<float> logits(shape.rows());
+    decoder.router(l).score(inputs[std::size_t(l)], logits);
+    for (Index b = 0; b < shape.batch; ++b) {
+      std::vector<Position> expected;
+      for (Index p = 0; p < shape.seq_len; ++p)
+        if (!decoder.is_routed(l) || logits(b * shape.seq_len + p) > 0.f) expected.push_back(Position(p));
+      const auto cached = decoder.cache(l).positions(b);
+      CHECK(std::vector<Position>(cached.begin(), cached.end()) == expected);
+    }
+    bytes += std::size_t(decoder.cache(l).tokens()) * (2 * 16 * sizeof(float) + sizeof(Position));
+  }
+  CHECK(decoder.kv_bytes() == bytes);
+  CHECK(decoder.cache(1).tokens() < decoder.cache(0).tokens());
+}
+
+TEST_CASE("CachedAttention: later tokens provably do not attend to a token the block skipped") {
+  // A rule that routes rows whose first feature is positive: editing the rest of a skipped
+  // row keeps it skipped, so any change downstream would mean it was attended to.
+  struct FlagRule {
+    void route(MatrixCRef<float> x, std::span<const float>, std::span<std::uint8_t> routed, Arena<float>&) const {
+      for (Index i = 0; i < x.rows(); ++i) routed[std::size_t(i)] = x(i, 0) > 0.f;
+    }
+  };
+  const layers::AttentionConfig config{.d_model = 16, .n_heads = 2, .n_kv_heads = 1, .head_dim = 8};
+  const auto attention = layers::Attention<float>::random(config, 5);
+  auto run = [&](const RowMatrix<float>& x) {
+    KvCache<float> cache(1, config.kv_width(), 16);
+    layers::CachedAttention<float> f(attention, cache);
+    Block<float, layers::CachedAttention<float>> block(Router<float>(Vector<float>::Ones(16)), Capacity::tokens(1), f);
+    Workspace<float> ws;
+    RowMatrix<float> out(x.rows(), 16), y(1, 16);
+    for (Index t = 0; t < x.rows(); ++t) {
+      const std::vector<Index> start = {t};
+      block.forward_causal(x.row(t), {1, 1}, y, ws, FlagRule{}, {}, start);
+      out.row(t) = y;
+    }
+    return std::pair{out, std::vector<Position>(cache.positions(0).begin(), cache.positions(0).end())};
+  };
+  RowMatrix<float> x = random_matrix<float>(10, 16, 6);
+  for (Index t = 0; t < 10; ++t) x(t, 0) = (t % 3 == 1) ? -1.f : 1.f;  // tokens 1, 4, 7 skip
+  const auto [out, cached] = run(x);
+  CHECK(cached == std::vector<Position>{0, 2, 3, 5, 6, 8, 9});
+  RowMatrix<float> edited = x;
+  edited.row(4).tail(15).setConstant(100.f);  // still skipped
+  const auto [edited_out, edited_cached] = run(edited);
+  CHECK(edited_cached == cached);
+  CHECK(bit_equal(RowMatrix<float>(edited_out.bottomRows(5)), RowMatrix<float>(out.bottomRows(5))));
+  // the check can fail: edit a routed token instead
+  RowMatrix<float> routed_edit = x;
+  routed_edit.row(3).tail(15).setConstant(100.f);
+  CHECK_FALSE(bit_equal(RowMatrix<float>(run(routed_edit).first.bottomRows(5)), RowMatrix<float>(out.bottomRows(5))));
+}
+
+TEST_CASE("decoder: bad steps throw mixdepth::Error and leave caches and positions as they were") {
+  Decoder<float> decoder(small_config(), 45);
+  const Shape shape{2, 6};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), 32, 10);
+  for (Index l = 0; l < decoder.layers(); ++l) decoder.router_threshold(l).threshold = -std::numeric_limits<float>::infinity();
+  decoder.reset(2, 8, 7);  // MoD layers route everything here and have one token less room
+  RowMatrix<float> y(shape.rows(), 32);
+  decoder.prefill(x, shape, y, Routing::router);
+  RowMatrix<float> token = random_matrix<float>(2, 32, 11), out(2, 32);
+  decoder.step(token, out, Routing::router);  // 7 of 7 in MoD layers now
+  const auto before = decoder.checkpoint();
+  auto unchanged = [&] {
+    const auto now = decoder.checkpoint();
+    return now.sizes == before.sizes && now.positions == before.positions;
+  };
+  require_mentions(error_message([&] { decoder.step(token, out, Routing::router); }),
+                   {"CachedAttention", "tokens of sequence 0", "<= 7", "7 cached + 1 new"});
+  CHECK(unchanged());  // layer 0 had appended before layer 1 overflowed: rolled back
+  RowMatrix<float> three(3, 32), out3(3, 32);
+  require_mentions(error_message([&] { decoder.step(three, out3, Routing::router); }),
+                   {"Decoder::step", "x.rows()", "expected 2", "got 3"});
+  require_mentions(error_message([&] { decoder.step(token, out, Routing::top_k); }), {"routing", "top-k is not causal"});
+  RowMatrix<float> narrow(2, 31);
+  require_mentions(error_message([&] { decoder.step(narrow, out, Routing::router); }), {"x.cols()", "32", "31"});
+  require_mentions(error_message([&] { decoder.prefill(x, shape, y, Routing::router); }), {"prefill starts from empty caches"});
+  CHECK(unchanged());
+  KvCache<float> cache(1, 4, 2);
+  require_mentions(error_message([&] { cache.truncate(0, 1); }), {"KvCache::truncate", "size", "[0, 0]"});
+  require_mentions(error_message([&] { (void)cache.size(3); }), {"sequence", "[0, 1)", "3"});
+}
+
+TEST_CASE("decoder: restore() returns to a checkpoint and decoding again gives the same output") {
+  Decoder<float> decoder(small_config(), 46);
+  const Shape shape{1, 10};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), 32, 12);
+  decoder.reset(1, 16, 16);
+  RowMatrix<float> y(10, 32);
+  decoder.prefill(x, shape, y, Routing::top_k);
+  const auto mark = decoder.checkpoint();
+  const std::size_t bytes = decoder.kv_bytes();
+  RowMatrix<float> token = random_matrix<float>(1, 32, 13), first(1, 32), second(1, 32);
+  decoder.step(token, first, Routing::router);
+  CHECK(decoder.kv_bytes() > bytes);
+  decoder.restore(mark);
+  CHECK(decoder.kv_bytes() == bytes);
+  decoder.step(token, second, Routing::router);
+  CHECK(bit_equal(first, second));
+}
