@@ -138,6 +138,50 @@ inline std::uint32_t mask_bits(const xsimd::batch_bool<T, Arch>& mask) noexcept 
 }
 
 
+// ---- partial loads ---------------------------------------------------------------------------
+
+// The first `count` (< lanes) elements at p into a batch, zero above; reads nothing past
+// p + count (masked loads on AVX-512 and AVX2).
+template <class Arch, class V>
+inline xsimd::batch<V, Arch> load_first(const V* p, std::ptrdiff_t count) noexcept {
+  using batch = xsimd::batch<V, Arch>;
+#if XSIMD_WITH_AVX512F
+  if constexpr (arch_traits::has_avx512<Arch>()) {
+    const auto mask = static_cast<__mmask16>((1u << count) - 1);
+    if constexpr (std::is_same_v<V, float>)
+      return _mm512_maskz_loadu_ps(mask, p);
+    else if constexpr (std::is_same_v<V, double>)
+      return _mm512_maskz_loadu_pd(static_cast<__mmask8>(mask), p);
+    else if constexpr (sizeof(V) == 4)
+      return _mm512_maskz_loadu_epi32(mask, p);
+    else
+      return _mm512_maskz_loadu_epi64(static_cast<__mmask8>(mask), p);
+  } else
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (arch_traits::has_avx2<Arch>()) {
+    if constexpr (sizeof(V) == 4) {
+      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      if constexpr (std::is_same_v<V, float>)
+        return _mm256_maskload_ps(p, mask);
+      else
+        return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), mask);
+    } else {
+      const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+      if constexpr (std::is_same_v<V, double>)
+        return _mm256_maskload_pd(p, mask);
+      else
+        return _mm256_maskload_epi64(reinterpret_cast<const long long*>(p), mask);
+    }
+  } else
+#endif
+  {
+    V lane[batch::size] = {};
+    std::memcpy(lane, p, sizeof(V) * std::size_t(count));
+    return batch::load_unaligned(lane);
+  }
+}
+
 // ---- select ---------------------------------------------------------------------------------
 
 // Lane-wise mask ? a : b on integer batches. xsimd 8.1's own select for AVX-512 integer
@@ -219,35 +263,44 @@ inline void compress_store(K* dst, const xsimd::batch<K, Arch>& values, std::uin
 }
 
 // Writes base + i for every set bit i of `bits` (a mask of `lanes` lanes) to
-// dst[0, popcount(bits)), ascending. Writes `lanes` int32: dst must have room for all.
+// dst[0, popcount(bits)), ascending. Writes min(lanes, room) int32: dst needs that much room
+// (room >= popcount(bits)); a whole vector store when room >= lanes, a masked one otherwise.
 template <class Arch, int lanes>
-inline void store_set_positions(std::int32_t* dst, std::int32_t base, std::uint32_t bits) noexcept {
+inline void store_set_positions(std::int32_t* dst, std::int32_t base, std::uint32_t bits,
+                                std::ptrdiff_t room = lanes) noexcept {
   static_assert(lanes >= 1 && lanes <= 16);
 #if XSIMD_WITH_AVX512F
   if constexpr (arch_traits::has_avx512<Arch>() && lanes >= 8) {
     const __m512i positions = _mm512_add_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(base));
     const __m512i packed = _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), positions);
-    if constexpr (lanes == 16)
+    if (lanes == 16 && room >= 16)
       _mm512_storeu_si512(dst, packed);
     else
-      _mm512_mask_storeu_epi32(dst, __mmask16(0xff), packed);
+      _mm512_mask_storeu_epi32(dst, __mmask16((1u << (room < lanes ? room : lanes)) - 1), packed);
     return;
   }
 #endif
 #if XSIMD_WITH_AVX2
   if constexpr (arch_traits::has_avx2<Arch>() && lanes == 8) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
-                        _mm256_add_epi32(avx2_set_lanes8<Arch>(bits), _mm256_set1_epi32(base)));
+    const __m256i packed = _mm256_add_epi32(avx2_set_lanes8<Arch>(bits), _mm256_set1_epi32(base));
+    if (room >= 8)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), packed);
+    else
+      _mm256_maskstore_epi32(dst, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(room)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+                             packed);
     return;
   } else if constexpr (arch_traits::has_avx2<Arch>() && lanes == 4) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
-                     _mm_add_epi32(avx2_set_lanes4<Arch>(bits), _mm_set1_epi32(base)));
+    const __m128i packed = _mm_add_epi32(avx2_set_lanes4<Arch>(bits), _mm_set1_epi32(base));
+    if (room >= 4)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), packed);
+    else
+      _mm_maskstore_epi32(dst, _mm_cmpgt_epi32(_mm_set1_epi32(int(room)), _mm_setr_epi32(0, 1, 2, 3)), packed);
     return;
   }
 #endif
-  std::size_t out = 0;
-  for (int i = 0; i < lanes; ++i)
+  std::ptrdiff_t out = 0;
+  for (int i = 0; i < lanes && out < room; ++i)
     if (bits >> i & 1u) dst[out++] = base + i;
 }
 
@@ -277,7 +330,7 @@ template <class Arch, int lanes, class K>
 inline int store_set_positions(std::int32_t* dst, std::int32_t base,
                                const xsimd::batch_bool<K, Arch>& mask) noexcept {
 #if XSIMD_WITH_AVX512F
-  if constexpr (arch_traits::has_avx512<Arch>() && lanes == 16) {
+  if constexpr (arch_traits::has_avx512<Arch>() && lanes == 16) {  // straight from the mask register
     const __m512i positions = _mm512_add_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(base));
     _mm512_storeu_si512(dst, _mm512_maskz_compress_epi32(static_cast<__mmask16>(mask.data), positions));

@@ -104,6 +104,7 @@ template <class K>
 struct small_ranks {
   K first, second;
   std::ptrdiff_t greater_than_first;
+  std::ptrdiff_t equal_to_first;  // including itself
 };
 
 // The passes of the search, per tier. Sources are either the scores (T) or rank keys.
@@ -130,6 +131,19 @@ struct passes {
     return {above, inside, range};
   }
 
+  static bracket_counts<key> bracket_scores(const T* scores, std::ptrdiff_t n, key lo, key hi, key* dst) noexcept {
+    return bracket(scores, n, lo, hi, dst);
+  }
+
+  static key_range<key> range(const key* src, std::ptrdiff_t n) noexcept {
+    key_range<key> r{keys_of_t::highest, keys_of_t::sentinel};
+    for (std::ptrdiff_t i = 0; i < n; ++i) {
+      r.min = src[i] < r.min ? src[i] : r.min;
+      r.max = src[i] > r.max ? src[i] : r.max;
+    }
+    return r;
+  }
+
   template <class S>
   static key max_key(const S* src, std::ptrdiff_t n) noexcept {
     key best = keys_of_t::sentinel;
@@ -152,13 +166,16 @@ struct passes {
     const key second_key = a[second];
     std::nth_element(a, a + first, a + second + 1, descending<Arch>{});
     const key first_key = a[first];
-    std::ptrdiff_t greater = 0;
-    for (std::ptrdiff_t i = 0; i < first; ++i) greater += a[i] > first_key;
-    return {first_key, second_key, greater};
+    std::ptrdiff_t greater = 0, equal = 0;
+    for (std::ptrdiff_t i = 0; i < m; ++i) {
+      greater += a[i] > first_key;
+      equal += a[i] == first_key;
+    }
+    return {first_key, second_key, greater, equal};
   }
 
   static void write_positions(const T* scores, std::ptrdiff_t n, key threshold, std::ptrdiff_t ties,
-                              std::int32_t* out, std::ptrdiff_t k) noexcept {
+                              bool /*every_tie*/, std::int32_t* out, std::ptrdiff_t k) noexcept {
     std::ptrdiff_t written = 0;
     for (std::ptrdiff_t i = 0; i < n && written < k; ++i) {
       const key key_i = keys_of_t::of(scores[i]);
@@ -201,10 +218,14 @@ struct passes<T, Arch, tier> {
   // The first `count` (< width) elements; the other lanes hold `fill`.
   template <class S>
   static keys load_partial(const S* p, std::ptrdiff_t count, key fill) noexcept {
-    S lane[width] = {};
-    std::memcpy(lane, p, sizeof(S) * std::size_t(count));
     const keys lane_index = keys::load_unaligned(lane_indices.data());
-    return shim::select<Arch>(lane_index < keys(key(count)), load(lane), keys(fill));
+    const keys loaded = [&] {
+      if constexpr (std::is_same_v<S, T>)
+        return keys_of(shim::load_first<Arch>(p, count));
+      else
+        return shim::load_first<Arch>(p, count);
+    }();
+    return shim::select<Arch>(lane_index < keys(key(count)), loaded, keys(fill));
   }
   static std::uint32_t lanes_below(std::ptrdiff_t count) noexcept {
     return count >= width ? std::uint32_t((std::uint64_t{1} << width) - 1) : (std::uint32_t{1} << count) - 1;
@@ -212,49 +233,134 @@ struct passes<T, Arch, tier> {
 
   // counter + 1 in the lanes where mask holds.
   static keys count_if(const keys& counter, const key_mask& mask) noexcept {
-    if constexpr (tier == top_k_tier::avx512)
-      return shim::select<Arch>(mask, counter + keys(1), counter);
-    else
+#if XSIMD_WITH_AVX512F
+    if constexpr (tier == top_k_tier::avx512) {
+      const __m512i c = counter.data;
+      if constexpr (sizeof(key) == 4)
+        return _mm512_mask_add_epi32(c, static_cast<__mmask16>(mask.data), c, _mm512_set1_epi32(1));
+      else
+        return _mm512_mask_add_epi64(c, static_cast<__mmask8>(mask.data), c, _mm512_set1_epi64(1));
+    } else
+#endif
+    {
       return counter - keys(mask.data);  // AVX2 masks are all-ones lanes, i.e. -1
+    }
   }
 
+  // One vector of a bracket pass: its keys, which lie above hi, which inside [lo, hi].
+  struct classified {
+    keys key_of_lane;
+    key_mask above;
+    key_mask inside;
+  };
+
   // Counts the keys > hi and compresses the keys in [lo, hi] to dst (room for n + width),
-  // tracking their min and max for the next level. Two vectors per step: the compress and
-  // store of one overlap with the other's.
-  template <class S>
-  static bracket_counts<key> bracket(const S* src, std::ptrdiff_t n, key lo, key hi, key* dst) noexcept {
-    const keys low(lo), high(hi);
+  // with track_range their min and max for the next level (else the range is empty, min >
+  // max: the next level finds it; the first pass is the longest, so it skips the work). `classify(p)` reads a whole vector at p;
+  // `classify_tail(p, count)` the last `count` < width elements. Two vectors per step: the
+  // compress and store of one overlap with the other's.
+  template <bool track_range, class S, class Classify, class ClassifyTail>
+  static bracket_counts<key> bracket_pass(const S* src, std::ptrdiff_t n, key* dst, Classify classify,
+                                          ClassifyTail classify_tail) noexcept {
     keys above0(0), above1(0), min0(keys_of_t::highest), max0(keys_of_t::sentinel), min1 = min0, max1 = max0;
     std::ptrdiff_t inside = 0;
     std::ptrdiff_t i = 0;
     for (; i + 2 * width <= n; i += 2 * width) {
-      const keys k0 = load(src + i), k1 = load(src + i + width);
-      above0 = count_if(above0, k0 > high);
-      above1 = count_if(above1, k1 > high);
-      const key_mask in0 = (k0 >= low) & (k0 <= high), in1 = (k1 >= low) & (k1 <= high);
-      min0 = shim::masked_min<Arch>(min0, in0, k0);
-      max0 = shim::masked_max<Arch>(max0, in0, k0);
-      min1 = shim::masked_min<Arch>(min1, in1, k1);
-      max1 = shim::masked_max<Arch>(max1, in1, k1);
-      const int count0 = shim::compress_store<Arch>(dst + inside, k0, in0);
-      const int count1 = shim::compress_store<Arch>(dst + inside + count0, k1, in1);
+      const classified c0 = classify(src + i), c1 = classify(src + i + width);
+      above0 = count_if(above0, c0.above);
+      above1 = count_if(above1, c1.above);
+      if constexpr (track_range) {
+        min0 = shim::masked_min<Arch>(min0, c0.inside, c0.key_of_lane);
+        max0 = shim::masked_max<Arch>(max0, c0.inside, c0.key_of_lane);
+        min1 = shim::masked_min<Arch>(min1, c1.inside, c1.key_of_lane);
+        max1 = shim::masked_max<Arch>(max1, c1.inside, c1.key_of_lane);
+      }
+      const int count0 = shim::compress_store<Arch>(dst + inside, c0.key_of_lane, c0.inside);
+      const int count1 = shim::compress_store<Arch>(dst + inside + count0, c1.key_of_lane, c1.inside);
       inside += count0 + count1;
     }
-    auto single = [&](const keys& k) {
-      above0 = count_if(above0, k > high);
-      const key_mask in = (k >= low) & (k <= high);
-      min0 = shim::masked_min<Arch>(min0, in, k);
-      max0 = shim::masked_max<Arch>(max0, in, k);
-      inside += shim::compress_store<Arch>(dst + inside, k, in);
+    auto single = [&](const classified& c) {
+      above0 = count_if(above0, c.above);
+      if constexpr (track_range) {
+        min0 = shim::masked_min<Arch>(min0, c.inside, c.key_of_lane);
+        max0 = shim::masked_max<Arch>(max0, c.inside, c.key_of_lane);
+      }
+      inside += shim::compress_store<Arch>(dst + inside, c.key_of_lane, c.inside);
     };
     if (i + width <= n) {
-      single(load(src + i));
+      single(classify(src + i));
       i += width;
     }
-    if (i < n) single(load_partial(src + i, n - i, keys_of_t::sentinel));
+    if (i < n) single(classify_tail(src + i, n - i));
     const key_range<key> range{shim::reduce_min<Arch>(shim::select<Arch>(min1 < min0, min1, min0)),
                                shim::reduce_max<Arch>(shim::select<Arch>(max1 > max0, max1, max0))};
     return {std::ptrdiff_t(shim::reduce_add<Arch>(above0 + above1)), inside, range};
+  }
+
+  // Over keys, or over scores whose keys are computed on the fly.
+  template <class S>
+  static bracket_counts<key> bracket(const S* src, std::ptrdiff_t n, key lo, key hi, key* dst) noexcept {
+    const keys low(lo), high(hi);
+    auto from_keys = [&](const keys& k) { return classified{k, k > high, (k >= low) & (k <= high)}; };
+    return bracket_pass<std::is_same_v<S, key>>(
+        src, n, dst, [&](const S* p) { return from_keys(load(p)); },
+        [&](const S* p, std::ptrdiff_t count) { return from_keys(load_partial(p, count, keys_of_t::sentinel)); });
+  }
+
+  // Over scores, for a bracket of numbers of one sign, compared as numbers: within it keys
+  // are the bits themselves (positive) or minus their magnitude (negative), so no key
+  // computation for the lanes outside. Other brackets take the general pass.
+  static bracket_counts<key> bracket_scores(const T* scores, std::ptrdiff_t n, key lo, key hi, key* dst) noexcept {
+    const bool numbers = lo >= -keys_of_t::infinity_bits && hi <= keys_of_t::infinity_bits;
+    // A NaN fill is neither above nor inside in either compare below.
+    auto tail_of = [](const T* p, std::ptrdiff_t count) {
+      const keys lane_index = keys::load_unaligned(lane_indices.data());
+      const auto beyond = xsimd::bool_cast(lane_index >= keys(key(count)));
+      return xsimd::select(beyond, values(std::numeric_limits<T>::quiet_NaN()), shim::load_first<Arch>(p, count));
+    };
+    if (numbers && lo > 0) {
+      // Positive NaNs have bits above hi (<= +inf's), negative numbers and NaNs bits below 0.
+      const values high_value(value_of(hi));
+      const keys low(lo), high(hi);
+      auto positive = [&](const values& v) {
+        const keys bits = xsimd::bitwise_cast<keys>(v);
+        return classified{bits, xsimd::bool_cast(v > high_value), (bits >= low) & (bits <= high)};
+      };
+      return bracket_pass<false>(
+          scores, n, dst, [&](const T* p) { return positive(values::load_unaligned(p)); },
+          [&](const T* p, std::ptrdiff_t count) { return positive(tail_of(p, count)); });
+    }
+    if (numbers && hi < 0) {
+      // NaN compares false; -0.0 lies above hi < 0 as a number too.
+      const values low_value(value_of(lo)), high_value(value_of(hi));
+      const keys magnitude_mask(keys_of_t::magnitude_mask);
+      auto negative = [&](const values& v) {
+        const keys bits = xsimd::bitwise_cast<keys>(v);
+        return classified{keys(0) - (bits & magnitude_mask), xsimd::bool_cast(v > high_value),
+                          xsimd::bool_cast((v >= low_value) & (v <= high_value))};
+      };
+      return bracket_pass<false>(
+          scores, n, dst, [&](const T* p) { return negative(values::load_unaligned(p)); },
+          [&](const T* p, std::ptrdiff_t count) { return negative(tail_of(p, count)); });
+    }
+    return bracket(scores, n, lo, hi, dst);
+  }
+
+  static key_range<key> range(const key* src, std::ptrdiff_t n) noexcept {
+    keys low(keys_of_t::highest), high(keys_of_t::sentinel);
+    std::ptrdiff_t i = 0;
+    for (; i + width <= n; i += width) {
+      const keys k = load(src + i);
+      low = shim::select<Arch>(k < low, k, low);
+      high = shim::select<Arch>(k > high, k, high);
+    }
+    if (i < n) {
+      low = shim::select<Arch>(load_partial(src + i, n - i, keys_of_t::highest) < low,
+                               load_partial(src + i, n - i, keys_of_t::highest), low);
+      const keys k = load_partial(src + i, n - i, keys_of_t::sentinel);
+      high = shim::select<Arch>(k > high, k, high);
+    }
+    return {shim::reduce_min<Arch>(low), shim::reduce_max<Arch>(high)};
   }
 
   template <class S>
@@ -288,27 +394,40 @@ struct passes<T, Arch, tier> {
   // a must have room for whole vectors past m.
   static small_ranks<key> rank_small(key* a, std::ptrdiff_t m, std::ptrdiff_t first, std::ptrdiff_t second) noexcept {
     for (std::ptrdiff_t i = m; i % width != 0; ++i) a[i] = keys_of_t::sentinel;
-    small_ranks<key> result{0, 0, 0};
+    small_ranks<key> result{0, 0, 0, 0};
     bool found_first = false, found_second = false;
     const keys q1 = keys(key(first)), q2 = keys(key(second));
     for (std::ptrdiff_t j = 0; j < m && !(found_first && found_second); j += width) {
       const keys own = load(a + j);
-      keys greater(0), equal(0);
-      for (std::ptrdiff_t i = 0; i < m; ++i) {
+      // Two sets of counters: the counting chains are what limits this loop.
+      keys greater(0), equal(0), greater_odd(0), equal_odd(0);
+      std::ptrdiff_t i = 0;
+      for (; i + 2 <= m; i += 2) {
+        const keys other(a[i]), other_odd(a[i + 1]);
+        greater = count_if(greater, other > own);
+        equal = count_if(equal, other == own);
+        greater_odd = count_if(greater_odd, other_odd > own);
+        equal_odd = count_if(equal_odd, other_odd == own);
+      }
+      if (i < m) {
         const keys other(a[i]);
         greater = count_if(greater, other > own);
         equal = count_if(equal, other == own);
       }
+      greater += greater_odd;
+      equal += equal_odd;
       const keys end = greater + equal;
       const std::uint32_t valid = lanes_below(m - j);
       const std::uint32_t holds_first = shim::mask_bits<Arch>((greater <= q1) & (end > q1)) & valid;
       const std::uint32_t holds_second = shim::mask_bits<Arch>((greater <= q2) & (end > q2)) & valid;
       if (!found_first && holds_first != 0) {
         const int lane = __builtin_ctz(holds_first);
-        key g[width];
+        key g[width], e[width];
         greater.store_unaligned(g);
+        equal.store_unaligned(e);
         result.first = a[j + lane];
         result.greater_than_first = std::ptrdiff_t(g[lane]);
+        result.equal_to_first = std::ptrdiff_t(e[lane]);
         found_first = true;
       }
       if (!found_second && holds_second != 0) {
@@ -319,60 +438,83 @@ struct passes<T, Arch, tier> {
     return result;
   }
 
-  static void write_positions(const T* scores, std::ptrdiff_t n, key threshold, std::ptrdiff_t ties,
+  // The number a key stands for (the inverse of keys_of on numbers).
+  static T value_of(key k) noexcept {
+    const key bits = k >= 0 ? k : key(key(-k) | std::numeric_limits<key>::min());
+    T value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+  }
+
+  // Positions of the keys above the threshold plus the first `ties` equal to it, compared as
+  // numbers: no key computation. A NaN threshold: "above" is every number, "equal" every NaN.
+  // every_tie: the ties are all the keys equal to the threshold, so take keys >= it.
+  static void write_positions(const T* scores, std::ptrdiff_t n, key threshold, std::ptrdiff_t ties, bool every_tie,
                               std::int32_t* out, std::ptrdiff_t k) noexcept {
-    const keys t(threshold);
-    std::ptrdiff_t written = 0;
-    // Writes the positions of `take` (lanes of the vector at i); false once all k are written.
-    auto store = [&](const key_mask& take, std::ptrdiff_t i) {
-      if (k - written >= width) {
-        written += shim::store_set_positions<Arch, int(width)>(out + written, std::int32_t(i), take);
-      } else {  // the last few: never write past out[k)
-        std::int32_t lane[width];
-        const int count = shim::store_set_positions<Arch, int(width)>(lane, std::int32_t(i), take);
-        std::memcpy(out + written, lane, sizeof(std::int32_t) * std::size_t(count));
-        written += count;
-      }
-      return written < k;
+    if (threshold == keys_of_t::nan_key)
+      write_positions_as<true, false>(scores, n, values(T(0)), ties, out, k);
+    else if (every_tie)
+      write_positions_as<false, true>(scores, n, values(value_of(threshold)), 0, out, k);
+    else
+      write_positions_as<false, false>(scores, n, values(value_of(threshold)), ties, out, k);
+  }
+
+  template <bool nan_threshold, bool inclusive>
+  static void write_positions_as(const T* scores, std::ptrdiff_t n, const values& t, std::ptrdiff_t ties,
+                                 std::int32_t* out, std::ptrdiff_t k) noexcept {
+    auto above = [&](const values& v) {
+      if constexpr (nan_threshold)
+        return v == v;
+      else if constexpr (inclusive)
+        return v >= t;
+      else
+        return v > t;
     };
-    std::ptrdiff_t i = 0;
-    // Until the ties are used up: keys above the threshold plus the lowest-position ties.
-    for (; ties > 0 && i + width <= n; i += width) {
-      const keys key_i = load(scores + i);
-      const std::uint32_t greater = shim::mask_bits<Arch>(key_i > t);
-      std::uint32_t equal = shim::mask_bits<Arch>(key_i == t);
-      std::ptrdiff_t count = shim::popcount<Arch>(equal);
+    auto equal = [&](const values& v) {
+      if constexpr (nan_threshold)
+        return xsimd::isnan(v);  // not v != v: xsimd's != is the ordered compare
+      else
+        return v == t;
+    };
+    std::ptrdiff_t written = 0;
+    // Writes the positions of the lanes in `take` (bits) of the vector at i, never past out[k).
+    auto store_bits = [&](std::uint32_t take, std::ptrdiff_t i) {
+      shim::store_set_positions<Arch, int(width)>(out + written, std::int32_t(i), take, k - written);
+      written += shim::popcount<Arch>(take);
+    };
+    // Adds the lowest ties among `equal_bits` to `take`.
+    auto with_ties = [&](std::uint32_t take, std::uint32_t equal_bits) {
+      if (equal_bits == 0) return take;
+      std::ptrdiff_t count = shim::popcount<Arch>(equal_bits);
       if (count > ties) {
-        equal = shim::lowest_set_bits<Arch>(equal, ties);
+        equal_bits = shim::lowest_set_bits<Arch>(equal_bits, ties);
         count = ties;
       }
       ties -= count;
-      const std::uint32_t take = greater | equal;
-      if (k - written >= width) {
-        shim::store_set_positions<Arch, int(width)>(out + written, std::int32_t(i), take);
-      } else {
-        std::int32_t lane[width];
-        shim::store_set_positions<Arch, int(width)>(lane, std::int32_t(i), take);
-        std::memcpy(out + written, lane, sizeof(std::int32_t) * std::size_t(shim::popcount<Arch>(take)));
-      }
-      written += shim::popcount<Arch>(take);
+      return take | equal_bits;
+    };
+    std::ptrdiff_t i = 0;
+    // Until the ties are used up.
+    for (; ties > 0 && i + width <= n; i += width) {
+      const values v = values::load_unaligned(scores + i);
+      store_bits(with_ties(shim::mask_bits<Arch>(above(v)), shim::mask_bits<Arch>(equal(v))), i);
       if (written >= k) return;
     }
-    // Then only keys above it, two vectors per step while there is room for both stores.
+    // Then only the keys above, two vectors per step while both stores fit.
     for (; i + 2 * width <= n && k - written >= 2 * width; i += 2 * width) {
-      const key_mask take0 = load(scores + i) > t, take1 = load(scores + i + width) > t;
+      const auto take0 = above(values::load_unaligned(scores + i));
+      const auto take1 = above(values::load_unaligned(scores + i + width));
       written += shim::store_set_positions<Arch, int(width)>(out + written, std::int32_t(i), take0);
       written += shim::store_set_positions<Arch, int(width)>(out + written, std::int32_t(i + width), take1);
     }
-    for (; i + width <= n; i += width)
-      if (!store(load(scores + i) > t, i)) return;
+    for (; i + width <= n && written < k; i += width)
+      store_bits(shim::mask_bits<Arch>(above(values::load_unaligned(scores + i))), i);
     if (i < n && written < k) {
-      const keys key_i = load_partial(scores + i, n - i, keys_of_t::sentinel);
-      std::uint32_t take = shim::mask_bits<Arch>(key_i > t);
-      if (ties > 0) take |= shim::lowest_set_bits<Arch>(shim::mask_bits<Arch>(key_i == t), ties);
-      std::int32_t lane[width];
-      shim::store_set_positions<Arch, int(width)>(lane, std::int32_t(i), take);
-      std::memcpy(out + written, lane, sizeof(std::int32_t) * std::size_t(shim::popcount<Arch>(take)));
+      const values v = shim::load_first<Arch>(scores + i, n - i);
+      const std::uint32_t valid = lanes_below(n - i);
+      std::uint32_t take = shim::mask_bits<Arch>(above(v)) & valid;
+      if (ties > 0) take = with_ties(take, shim::mask_bits<Arch>(equal(v)) & valid);
+      store_bits(take, i);
     }
   }
 };
@@ -387,21 +529,25 @@ struct search {
   struct threshold {
     key value;               // the key of the k-th largest
     std::ptrdiff_t greater;  // how many keys are larger
+    std::ptrdiff_t equal;    // how many keys equal it, or -1 when unknown
   };
 
   // What a level leaves: the threshold, or a smaller set (in its destination) holding it,
   // with the min and max of that set.
+  // A set always holds every key equal to the threshold, so a level that finds it can often
+  // say how many there are (`equal`, -1 when unknown).
   struct level_result {
     bool done;
     key value;
+    std::ptrdiff_t equal;
     std::ptrdiff_t size;
     std::ptrdiff_t rank;
     key_range<key> range;
   };
 
-  static level_result found(key value) noexcept { return {true, value, 0, 0, {}}; }
+  static level_result found(key value, std::ptrdiff_t equal = -1) noexcept { return {true, value, equal, 0, 0, {}}; }
   static level_result narrowed(const bracket_counts<key>& kept, std::ptrdiff_t rank) noexcept {
-    return {false, 0, kept.inside, rank, kept.range};
+    return {false, 0, -1, kept.inside, rank, kept.range};
   }
 
   // The set a[0, n) (keys, room past the end) decided directly.
@@ -409,7 +555,7 @@ struct search {
     if (n <= small_limit) {
       const small_ranks<key> r = pass::rank_small(a, n, rank - 1, rank - 1);
       greater += r.greater_than_first;
-      return found(r.first);
+      return found(r.first, r.equal_to_first);
     }
     // Only after many levels on adversarial inputs.
     std::nth_element(a, a + (rank - 1), a + n, descending<Arch>{});
@@ -450,24 +596,25 @@ struct search {
     const key hi = high_index < 0 ? keys_of_t::highest : r.first;
     const key lo = low_index >= m ? keys_of_t::lowest : r.second;
 
-    const bracket_counts<key> counts = pass::bracket(scores, n, lo, hi, dst);
+    const bracket_counts<key> counts = pass::bracket_scores(scores, n, lo, hi, dst);
     if (counts.above >= rank) {  // a miss: the threshold is above hi
-      return narrowed(pass::bracket(scores, n, hi + 1, keys_of_t::highest, dst), rank);
+      return narrowed(pass::bracket_scores(scores, n, hi + 1, keys_of_t::highest, dst), rank);
     }
     if (counts.above + counts.inside < rank) {  // a miss: it is below lo
       greater += counts.above + counts.inside;
-      return narrowed(pass::bracket(scores, n, keys_of_t::lowest, lo - 1, dst),
+      return narrowed(pass::bracket_scores(scores, n, keys_of_t::lowest, lo - 1, dst),
                       rank - counts.above - counts.inside);
     }
     greater += counts.above;
-    if (lo == hi) return found(lo);  // every candidate ties: heavy ties end here
+    if (lo == hi) return found(lo, counts.inside);  // every candidate ties: heavy ties end here
     return narrowed(counts, rank - counts.above);
   }
 
   // A later level, over keys src[0, n): buckets between evenly spread pivots.
   static level_result next_level(const key* src, std::ptrdiff_t n, std::ptrdiff_t rank, key_range<key> r,
                                  std::ptrdiff_t& greater, key* dst) noexcept {
-    if (r.min == r.max) return found(r.min);
+    if (r.min > r.max) r = pass::range(src, n);  // not tracked by the pass that wrote the set
+    if (r.min == r.max) return found(r.min, n);
     if (rank == 1) return found(r.max);
     // Pivot b = min + span * (b + 1) / (P + 1), in unsigned arithmetic (the span of 64-bit
     // keys overflows a signed difference). Above pivot P-1 lies at least max, at or below
@@ -507,7 +654,7 @@ struct search {
       r = r.size <= direct_limit || depth > 48 ? direct(src, r.size, r.rank, greater)
                                                : next_level(src, r.size, r.rank, r.range, greater, buffer[depth & 1]);
     }
-    return {r.value, greater};
+    return {r.value, greater, r.equal};
   }
 };
 
@@ -528,7 +675,9 @@ void top_k(const T* scores, std::ptrdiff_t n, std::ptrdiff_t valid, std::ptrdiff
   }
   using search = top_k_detail::search<T, Arch>;
   const auto t = search::find(scores, valid, k, scratch);
-  top_k_detail::passes<T, Arch>::write_positions(scores, valid, t.value, k - t.greater, out, k);
+  // When every tie is taken (one tie, for continuous scores), the answer is the keys >= t.
+  top_k_detail::passes<T, Arch>::write_positions(scores, valid, t.value, k - t.greater, t.equal == k - t.greater,
+                                                 out, k);
 }
 
 }  // namespace mixdepth::kernels

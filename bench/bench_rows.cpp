@@ -1,0 +1,103 @@
+// Row kernels beside the contiguous operation on the same bytes: gather of k routed rows
+// (random ascending positions in a sequence of S rows, as MoD selects them) beside one memcpy
+// of k*d floats, and the in-place gated scatter-add beside a contiguous y += a x.
+#include <benchmark/benchmark.h>
+
+#include <mixdepth/mixdepth.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+namespace {
+
+constexpr int source_rows = 4096;  // S: the sequence the k rows are routed from
+constexpr int row_sets = 8;        // different routings, cycled
+
+std::vector<std::vector<mixdepth::Position>> routed_rows(int k) {
+  std::mt19937 rng(777);
+  std::vector<mixdepth::Position> all(source_rows);
+  std::iota(all.begin(), all.end(), 0);
+  std::vector<std::vector<mixdepth::Position>> sets(row_sets);
+  for (auto& rows : sets) {
+    std::shuffle(all.begin(), all.end(), rng);
+    rows.assign(all.begin(), all.begin() + k);
+    std::sort(rows.begin(), rows.end());
+  }
+  return sets;
+}
+
+std::vector<float> filled(std::size_t n, float value) { return std::vector<float>(n, value); }
+
+void BM_Gather(benchmark::State& state) {
+  const int k = int(state.range(0)), d = int(state.range(1));
+  const auto sets = routed_rows(k);
+  const auto src = filled(std::size_t(source_rows) * std::size_t(d), 1.5f);
+  auto dst = filled(std::size_t(k) * std::size_t(d), 0.f);
+  std::size_t i = 0;
+  for (auto _ : state) {
+    mixdepth::detail::gather_rows_unchecked<float>(src.data(), d, sets[i++ % row_sets].data(), k, d, dst.data(), d);
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * std::int64_t(k) * d * std::int64_t(sizeof(float)));
+}
+
+void BM_Memcpy(benchmark::State& state) {
+  const int k = int(state.range(0)), d = int(state.range(1));
+  const auto src = filled(std::size_t(source_rows) * std::size_t(d), 1.5f);
+  auto dst = filled(std::size_t(k) * std::size_t(d), 0.f);
+  for (auto _ : state) {
+    std::memcpy(dst.data(), src.data(), sizeof(float) * std::size_t(k) * std::size_t(d));
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * std::int64_t(k) * d * std::int64_t(sizeof(float)));
+}
+
+// y.row(rows[j]) += g_j * update.row(j), in place, as Block's forward_inplace does.
+void BM_ScatterAdd(benchmark::State& state) {
+  const int k = int(state.range(0)), d = int(state.range(1));
+  const auto sets = routed_rows(k);
+  auto y = filled(std::size_t(source_rows) * std::size_t(d), 1.f);
+  const auto update = filled(std::size_t(k) * std::size_t(d), 0.5f);
+  const auto gates = filled(std::size_t(k), 1e-6f);
+  std::size_t i = 0;
+  for (auto _ : state) {
+    mixdepth::detail::scatter_gated_unchecked<float>(y.data(), d, y.data(), d, sets[i++ % row_sets].data(), k, d,
+                                                     update.data(), d, gates.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * std::int64_t(k) * d * std::int64_t(sizeof(float)));
+}
+
+// y += a x over k*d contiguous floats: the same three streams (read x, read y, write y).
+void BM_Axpy(benchmark::State& state) {
+  const int k = int(state.range(0)), d = int(state.range(1));
+  const std::size_t n = std::size_t(k) * std::size_t(d);
+  auto y = filled(std::size_t(source_rows) * std::size_t(d), 1.f);
+  const auto x = filled(n, 0.5f);
+  const float a = 1e-6f;
+  for (auto _ : state) {
+    float* __restrict yp = y.data();
+    const float* __restrict xp = x.data();
+    for (std::size_t j = 0; j < n; ++j) yp[j] += a * xp[j];
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * std::int64_t(n) * std::int64_t(sizeof(float)));
+}
+
+void row_sizes(benchmark::internal::Benchmark* b) {
+  for (int d : {256, 1024, 4096}) b->Args({512, d});
+}
+
+}  // namespace
+
+BENCHMARK(BM_Gather)->Apply(row_sizes);
+BENCHMARK(BM_Memcpy)->Apply(row_sizes);
+BENCHMARK(BM_ScatterAdd)->Apply(row_sizes);
+BENCHMARK(BM_Axpy)->Apply(row_sizes);
