@@ -142,9 +142,10 @@ class Decoder {
   }
 
   // One decode step: x holds one new token per sequence ([batch, d]); every MoD layer routes
-  // it causally (`routing` must not be top_k). y gets the last layer's output. On any error
-  // the caches and positions are left as they were.
-  void step(MatrixCRef<T> x, MatrixRef<T> y, Routing routing) {
+  // it causally (`routing` must not be top_k). y gets the last layer's output; layer_inputs,
+  // if given, each layer's input. On any error the caches and positions are left as they were.
+  void step(MatrixCRef<T> x, MatrixRef<T> y, Routing routing,
+            std::vector<RowMatrix<T>>* layer_inputs = nullptr) {
     constexpr std::string_view where = "Decoder::step";
     require_reset(where);
     if (routing == Routing::top_k)
@@ -155,7 +156,7 @@ class Decoder {
     detail::require_equal(where, "y.cols()", dim(), y.cols());
     const auto saved = save();
     try {
-      run_layers(x, Shape{batch(), 1}, y, routing, {}, positions_, nullptr, /*cached=*/true);
+      run_layers(x, Shape{batch(), 1}, y, routing, {}, positions_, layer_inputs, /*cached=*/true);
     } catch (...) {
       restore(saved);
       throw;

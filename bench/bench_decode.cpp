@@ -1,0 +1,107 @@
+// Decoding benchmarks: one decode step for one sequence with 1024 tokens of context cached,
+// 8 layers, d = 512, 8 query and 2 KV heads of 64, SwiGLU hidden 1536. BM_Decode_Dense runs
+// every layer on every token; BM_Decode_MoD routes every other layer with a causal
+// predictor calibrated to 12.5% on the prompt. Each iteration decodes another token of a
+// pool of 64 and then rolls the caches back, so the context stays at 1024 tokens.
+// Counters: flops (expected operations of one step, from the routed fraction measured),
+// kv_bytes (cache bytes held after the prefill), routed (fraction of MoD-layer visits that
+// were routed during the run).
+#include <benchmark/benchmark.h>
+
+#include <mixdepth/mixdepth.hpp>
+
+#include <memory>
+
+namespace {
+
+using namespace mixdepth;
+using layers::Routing;
+
+constexpr Index d_model = 512, heads = 8, kv_heads = 2, head_dim = 64, mlp_hidden = 1536;
+constexpr Index predictor_hidden = 64, pool_size = 64, calibration_size = 256;
+
+layers::DecoderConfig config(bool mod) {
+  layers::DecoderConfig c;
+  c.layers = 8;
+  c.attention = {.d_model = d_model, .n_heads = heads, .n_kv_heads = kv_heads, .head_dim = head_dim};
+  c.mlp = {.d_model = d_model, .hidden = mlp_hidden};
+  c.capacity = 0.125;
+  c.mod_every = mod ? 2 : 0;
+  c.predictor_hidden = predictor_hidden;
+  return c;
+}
+
+// Operations of one layer for one new token attending over `context` cached tokens (itself
+// included); a multiply-add counts as 2.
+double layer_step_flops(double context) {
+  const double projections = 2.0 * d_model * (2.0 * heads * head_dim + 2.0 * kv_heads * head_dim);
+  const double attention = 2.0 * 2.0 * heads * head_dim * context;
+  const double mlp = 2.0 * 3.0 * d_model * mlp_hidden;
+  return projections + attention + mlp;
+}
+
+void run(benchmark::State& state, bool mod) {
+  const Index context = state.range(0);
+  layers::Decoder<float> decoder(config(mod), 2026);
+  decoder.reset(1, context + 1, context + 1);
+  const Shape prompt{1, context};
+  const RowMatrix<float> x = RowMatrix<float>::Random(context, d_model);
+  RowMatrix<float> y(context, d_model);
+  std::vector<RowMatrix<float>> inputs;
+  // The prompt goes through top-k routing: 12.5% of it enters each MoD layer's cache.
+  decoder.prefill(x, prompt, y, Routing::top_k);
+  // Each predictor is calibrated to route 12.5% of the tokens it sees while decoding, on a
+  // calibration pool distinct from the measured one, layer by layer (a layer's inputs
+  // depend on the thresholds of the MoD layers before it).
+  const RowMatrix<float> calibration = RowMatrix<float>::Random(calibration_size, d_model);
+  const auto prompt_mark = decoder.checkpoint();
+  Arena<float> arena;
+  for (Index l = 0; l < decoder.layers(); ++l) {
+    if (!decoder.is_routed(l)) continue;
+    RowMatrix<float> seen(calibration_size, d_model), token_out(1, d_model);
+    for (Index t = 0; t < calibration_size; ++t) {
+      decoder.step(calibration.row(t), token_out, Routing::predictor, &inputs);
+      seen.row(t) = inputs[std::size_t(l)];
+      decoder.restore(prompt_mark);
+    }
+    decoder.predictor(l).calibrate_threshold(seen, {calibration_size, 1}, 0.125, arena);
+  }
+  const double kv_bytes = double(decoder.kv_bytes());
+  std::vector<Index> cached(std::size_t(decoder.layers()));
+  for (Index l = 0; l < decoder.layers(); ++l) cached[std::size_t(l)] = decoder.cache(l).size(0);
+
+  const RowMatrix<float> pool = RowMatrix<float>::Random(pool_size, d_model);
+  RowMatrix<float> out(1, d_model);
+  const auto context_mark = decoder.checkpoint();
+  decoder.step(pool.row(0), out, Routing::predictor);  // warm-up
+  decoder.restore(context_mark);
+  const long visits_before = decoder.routed_layer_visits(), routed_before = decoder.routed_layer_routed();
+  Index i = 0;
+  for (auto _ : state) {
+    decoder.step(pool.row(i++ % pool_size), out, Routing::predictor);
+    benchmark::DoNotOptimize(out.data());
+    decoder.restore(context_mark);
+  }
+  const long visits = decoder.routed_layer_visits() - visits_before;
+  const double routed = visits > 0 ? double(decoder.routed_layer_routed() - routed_before) / double(visits) : 1.0;
+  double flops = 0;
+  for (Index l = 0; l < decoder.layers(); ++l) {
+    const double full = layer_step_flops(double(cached[std::size_t(l)] + 1));
+    if (!decoder.is_routed(l)) {
+      flops += full;
+    } else {  // router and predictor always; the layer for the routed fraction
+      flops += 2.0 * d_model + 2.0 * (d_model * predictor_hidden + predictor_hidden) + routed * full;
+    }
+  }
+  state.counters["flops"] = flops;
+  state.counters["kv_bytes"] = kv_bytes;
+  state.counters["routed"] = mod ? routed : 1.0;
+}
+
+void BM_Decode_Dense(benchmark::State& state) { run(state, false); }
+void BM_Decode_MoD(benchmark::State& state) { run(state, true); }
+
+}  // namespace
+
+BENCHMARK(BM_Decode_Dense)->Arg(1024)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Decode_MoD)->Arg(1024)->Unit(benchmark::kMicrosecond);
