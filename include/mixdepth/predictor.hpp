@@ -19,6 +19,7 @@
 #include "arena.hpp"
 #include "aux_loss.hpp"
 #include "capacity.hpp"
+#include "product.hpp"
 #include "causal.hpp"
 #include "routed.hpp"
 #include "types.hpp"
@@ -251,18 +252,16 @@ class CausalPredictor {
   void set_threshold(T threshold) { threshold_ = threshold; }
 
   // out[i] = act(x_i W1 + b1) . w2 + b2 for every row of x. The hidden activations live in
-  // `scratch` (rewound before returning), so once the arena has seen x's size nothing of
-  // mixdepth's allocates. Eigen's GEMM keeps its packed panels on the stack up to
-  // EIGEN_STACK_ALLOCATION_LIMIT (128 KB) and on the heap beyond: a decode step (one row)
-  // and small batches allocate nothing at all; a long prefill may. Throws mixdepth::Error,
-  // writing nothing, when x.cols() != dim() or out.size() != x.rows().
+  // `scratch` (rewound before returning), and so do the matrix product's packing buffers
+  // (product.hpp): once the arena has seen x's size, nothing allocates. Throws
+  // mixdepth::Error, writing nothing, when x.cols() != dim() or out.size() != x.rows().
   void logits(MatrixCRef<T> x, Eigen::Ref<Vector<T>> out, Arena<T>& scratch) const {
     constexpr std::string_view where = "CausalPredictor::logits";
     detail::require_equal(where, "x.cols()", dim(), x.cols());
     detail::require_equal(where, "out.size()", x.rows(), out.size());
     detail::ScratchScope<T> scope(&scratch);
     auto hidden = scratch.matrix(x.rows(), this->hidden());
-    forward_rows(x, hidden, out);
+    forward_rows(x, hidden, out, scratch);
   }
 
   // The same with a temporary arena (allocates).
@@ -282,7 +281,7 @@ class CausalPredictor {
     detail::ScratchScope<T> scope(&scratch);
     auto hidden = scratch.matrix(x.rows(), this->hidden());
     Eigen::Map<Vector<T>> z(scratch.take(x.rows()).data(), x.rows());
-    forward_rows(x, hidden, z);
+    forward_rows(x, hidden, z, scratch);
     for (Index i = 0; i < x.rows(); ++i) routed[static_cast<std::size_t>(i)] = z[i] > threshold_;
   }
 
@@ -311,8 +310,8 @@ class CausalPredictor {
   }
 
   // One Adam step on this predictor's own parameters; returns the loss before the step.
-  // Activations come from `scratch`, the gradient and moments from `optimizer` (the same
-  // Eigen GEMM caveat as logits() applies to large batches).
+  // Activations and product packing buffers come from `scratch`, the gradient and moments
+  // from `optimizer`: once both have seen the batch, a step allocates nothing.
   // Nothing else changes: x and targets are read-only views, and the optimiser state is the
   // predictor's own. Throws mixdepth::Error, changing nothing, on bad input or an optimiser
   // made for another shape.
@@ -433,8 +432,8 @@ class CausalPredictor {
 
   // logits for all rows; `hidden` is [rows, h] scratch.
   template <class Out>
-  void forward_rows(MatrixCRef<T> x, RowMatrixMap<T>& hidden, Out& out) const {
-    hidden.noalias() = x * parameters_.hidden_weight;
+  void forward_rows(MatrixCRef<T> x, RowMatrixMap<T>& hidden, Out& out, Arena<T>& scratch) const {
+    detail::product(hidden, x, parameters_.hidden_weight, &scratch);
     hidden.rowwise() += parameters_.hidden_bias.transpose();
     activate(hidden, hidden);
     out.noalias() = hidden * parameters_.output_weight;
@@ -449,7 +448,8 @@ class CausalPredictor {
               scratch.take(valid), valid};
     Index packed = 0;
     detail::for_each_valid_run(shape, lengths, [&](Index first, Index count) {
-      pass.pre.middleRows(packed, count).noalias() = x.middleRows(first, count) * parameters_.hidden_weight;
+      detail::product(pass.pre.middleRows(packed, count), x.middleRows(first, count),
+                      parameters_.hidden_weight, &scratch);
       packed += count;
     });
     pass.pre.rowwise() += parameters_.hidden_bias.transpose();
@@ -502,7 +502,8 @@ class CausalPredictor {
     gradient.hidden_weight.setZero();
     Index packed = 0;
     detail::for_each_valid_run(shape, lengths, [&](Index first, Index count) {
-      gradient.hidden_weight.noalias() += x.middleRows(first, count).transpose() * pass.pre.middleRows(packed, count);
+      detail::add_product(gradient.hidden_weight, x.middleRows(first, count).transpose(),
+                          pass.pre.middleRows(packed, count), &scratch);
       packed += count;
     });
     return value;

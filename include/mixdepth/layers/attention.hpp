@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "../arena.hpp"
+#include "../product.hpp"
 #include "../routed.hpp"
 #include "../types.hpp"
 #include "init.hpp"
@@ -143,14 +144,16 @@ class Attention {
                      context, *arena);
   }
 
-  // Step 3. out [n, d_model] = context W_output. out must not overlap context.
-  void project_output(MatrixCRef<T> context, MatrixRef<T> out) const {
+  // Step 3. out [n, d_model] = context W_output. out must not overlap context. With scratch,
+  // the product's packing buffers come from it (no heap allocation once it has grown);
+  // without, Eigen keeps them on the stack up to 128 KB and on the heap beyond.
+  void project_output(MatrixCRef<T> context, MatrixRef<T> out, Arena<T>* scratch = nullptr) const {
     constexpr std::string_view where = "Attention::project_output";
     require_shape(where, "context", context, context.rows(), config_.query_width());
     require_shape(where, "out", out, context.rows(), config_.d_model);
     if (mixdepth::detail::overlaps(context, out))
       detail::fail(where, "out", "memory disjoint from context", "overlapping");
-    out.noalias() = context * weights_.output;
+    mixdepth::detail::product(out, context, weights_.output, scratch);
   }
 
   // The unchecked steps, for callers that have checked shapes already (a decoder's cache).
@@ -161,9 +164,9 @@ class Attention {
     const auto mark = arena.mark();
     auto normed = arena.matrix(x.rows(), config_.d_model);
     norm_.apply_unchecked(x, normed);
-    queries.noalias() = normed * weights_.query;
-    keys.noalias() = normed * weights_.key;
-    values.noalias() = normed * weights_.value;
+    mixdepth::detail::product(queries, normed, weights_.query, &arena);
+    mixdepth::detail::product(keys, normed, weights_.key, &arena);
+    mixdepth::detail::product(values, normed, weights_.value, &arena);
     rotary_.rotate_unchecked(queries, keys, positions, arena);
     arena.rewind(mark);
   }
@@ -202,12 +205,13 @@ class Attention {
         const Index kv_head = head / heads_per_kv;
         // The 1/sqrt(head_dim) scale waits for the softmax: a scaled product expression
         // would make Eigen evaluate into a heap temporary.
-        scores.noalias() = queries.block(first, head * head_dim, rows, head_dim) *
-                           keys.block(0, kv_head * head_dim, widest, head_dim).transpose();
+        mixdepth::detail::product(scores, queries.block(first, head * head_dim, rows, head_dim),
+                                  keys.block(0, kv_head * head_dim, widest, head_dim).transpose(),
+                                  &arena);
         for (Index r = 0; r < rows; ++r)
           softmax_prefix(scores.row(r), visible[std::size_t(r)], scale);
-        context.block(first, head * head_dim, rows, head_dim).noalias() =
-            scores * values.block(0, kv_head * head_dim, widest, head_dim);
+        mixdepth::detail::product(context.block(first, head * head_dim, rows, head_dim), scores,
+                                  values.block(0, kv_head * head_dim, widest, head_dim), &arena);
       }
     }
     arena.rewind(mark);
@@ -232,7 +236,7 @@ class Attention {
                        keys.middleRows(first, count), values.middleRows(first, count),
                        sequence_positions, queries.middleRows(first, count), arena);
     }
-    out.noalias() = queries * weights_.output;
+    mixdepth::detail::product(out, queries, weights_.output, &arena);
   }
 
   static detail::PositionList slice(const detail::PositionList& p, Index first, Index count) {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "../kv_cache.hpp"
+#include "../product.hpp"
 #include "../routed.hpp"
 #include "attention.hpp"
 
@@ -53,7 +54,7 @@ class CachedAttention {
                                    cache_->keys(b), cache_->values(b), detail::PositionList{cache_->positions(b)},
                                    queries.middleRows(first, count), *scratch);
     }
-    out.noalias() = queries * attention_->weights().output;
+    mixdepth::detail::product(out, queries, attention_->weights().output, scratch.get());
   }
 
  private:

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "../arena.hpp"
+#include "../product.hpp"
 #include "../routed.hpp"
 #include "../types.hpp"
 #include "init.hpp"
@@ -101,12 +102,12 @@ class SwiGluMlp {
     auto gated = scratch->matrix(rows, config_.hidden);
     auto up = scratch->matrix(rows, config_.hidden);
     norm_.apply_unchecked(x, normed);
-    gated.noalias() = normed * weights_.gate;
-    up.noalias() = normed * weights_.up;
+    mixdepth::detail::product(gated, normed, weights_.gate, scratch.get());
+    mixdepth::detail::product(up, normed, weights_.up, scratch.get());
     // silu(z) * u = z / (1 + exp(-z)) * u; for very negative z exp overflows to inf and the
     // quotient is the correct limit, -0.
     gated.array() = gated.array() / (T(1) + (-gated.array()).exp()) * up.array();
-    out.noalias() = gated * weights_.down;
+    mixdepth::detail::product(out, gated, weights_.down, scratch.get());
   }
 
   SwiGluConfig config_;
