@@ -172,6 +172,11 @@ TEST_CASE("Block forward, forward_inplace and forward_dense allocate nothing onc
     CHECK(mallocs_after_warm_up([&] { block.forward_inplace(inplace, c.shape, ws, lengths); }) == 0);
     Layer& layer = block.function();
     CHECK(mallocs_after_warm_up([&] { forward_dense<float>(layer, x, c.shape, y, ws, lengths); }) == 0);
+    // With a thread pool: the pool's threads exist already, a run allocates nothing.
+    ThreadPool pool(3);
+    Workspace<float> pooled;
+    pooled.set_thread_pool(&pool);
+    CHECK(mallocs_after_warm_up([&] { block.forward(x, c.shape, y, pooled, lengths); }) == 0);
     // A const block with a workspace of its own (what each thread does).
     const Block<float, Layer>& shared = block;
     Workspace<float> other;

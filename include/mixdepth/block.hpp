@@ -46,8 +46,18 @@ struct BlockForward {
     ws.shape_ = shape;
     ws.k_ = k;
     ws.dim_ = router.dim();
-    Eigen::Map<Vector<T>> logits(ws.logits_.data(), shape.rows());
-    router.score(x, logits);
+    if (shape.rows() == 0) return;
+    // Per sequence (rows are independent: the same logits at any thread count).
+    for_each_sequence(ws, shape.batch, [&](Index b, int) {
+      Eigen::Map<Vector<T>> logits(ws.logits_.data() + b * shape.seq_len, shape.seq_len);
+      router.score(x.middleRows(b * shape.seq_len, shape.seq_len), logits);
+    });
+  }
+
+  // task(b, thread) for every sequence b, on the workspace's thread pool if it has one.
+  template <class T, class Task>
+  static void for_each_sequence(Workspace<T>& ws, Index batch, Task&& task) {
+    for_each_item(ws.pool_, batch, [&](std::int64_t b, int thread) { task(Index(b), thread); });
   }
 
   template <class T>
@@ -61,15 +71,20 @@ struct BlockForward {
                                 std::span<const Index> starts, Gate gate) {
     const Shape shape = ws.shape_;
     const Index k = ws.k_;
-    std::span<Position> selected(ws.selected_.data(), std::size_t(shape.batch * k));
-    select_top_k(logits(ws), shape, k, selected, lengths, ws.top_k_scratch_);
+    Position* selected = ws.selected_.data();
+    if (k > 0)  // k <= seq_len here (capacity tokens never exceed it)
+      for_each_sequence(ws, shape.batch, [&](Index b, int thread) {
+        const Index valid = lengths.empty() ? shape.seq_len : lengths[b];
+        top_k_unchecked(ws.logits_.data() + b * shape.seq_len, shape.seq_len, valid, k, selected + b * k,
+                        ws.top_k_scratch_[std::size_t(thread)]);
+      });
     Index n = 0;
     ws.offsets_[0] = 0;
     for (Index b = 0; b < shape.batch; ++b) {
       const Index valid = lengths.empty() ? shape.seq_len : lengths[b];
       // Padding is a suffix of each sequence's (ascending) selection and is never routed.
       for (Index j = 0; j < k; ++j) {
-        const Position p = selected[std::size_t(b * k + j)];
+        const Position p = selected[b * k + j];
         if (p >= valid) break;
         add_row(ws, n++, b, p, starts, gate);
       }
@@ -136,8 +151,11 @@ struct BlockForward {
     const bool padded = n != shape.rows();
     // Without padding f reads x in place; with it, the valid rows are gathered first.
     if (padded && n > 0 && d > 0)
-      gather_rows_unchecked(x.data(), x.outerStride(), ws.routed_rows_.data(), n, d,
-                            ws.routed_x_.data(), d);
+      for_each_sequence(ws, shape.batch, [&](Index b, int) {
+        const Index first = ws.offsets_[std::size_t(b)], count = ws.offsets_[std::size_t(b + 1)] - first;
+        gather_rows_unchecked(x.data(), x.outerStride(), ws.routed_rows_.data() + first, count, d,
+                              ws.routed_x_.data() + first * d, d);
+      });
     const MatrixCRef<T> routed_x =
         padded ? MatrixCRef<T>(ConstRowMatrixMap<T>(ws.routed_x_.data(), n, d)) : x;
     RowMatrixMap<T> update(ws.update_.data(), n, d);
@@ -158,8 +176,11 @@ struct BlockForward {
     const Index d = ws.dim_;
     const Index batch = ws.shape_.batch;
     if (n > 0 && d > 0)
-      gather_rows_unchecked(x.data(), x.outerStride(), ws.routed_rows_.data(), n, d,
-                            ws.routed_x_.data(), d);
+      for_each_sequence(ws, batch, [&](Index b, int) {
+        const Index first = ws.offsets_[std::size_t(b)], count = ws.offsets_[std::size_t(b + 1)] - first;
+        gather_rows_unchecked(x.data(), x.outerStride(), ws.routed_rows_.data() + first, count, d,
+                              ws.routed_x_.data() + first * d, d);
+      });
     ws.arena_.reset();
     ConstRowMatrixMap<T> routed_x(ws.routed_x_.data(), n, d);
     RowMatrixMap<T> update(ws.update_.data(), n, d);
@@ -174,16 +195,21 @@ struct BlockForward {
     write_output(x, y_data, y_stride, ws);
   }
 
-  // y = x everywhere (a no-op in place), then y_i = x_i + g_i f_i on the routed rows.
+  // y = x everywhere (a no-op in place), then y_i = x_i + g_i f_i on the routed rows; one
+  // sequence at a time (its rows and routed rows are its own).
   template <class T>
-  static void write_output(MatrixCRef<T> x, T* y_data, Index y_stride, const Workspace<T>& ws) {
-    const Index d = ws.dim_;
-    if (y_data != x.data())
-      for (Index r = 0; r < x.rows(); ++r)
-        std::memcpy(y_data + r * y_stride, x.data() + r * x.outerStride(), sizeof(T) * std::size_t(d));
-    if (ws.routed_ > 0)
-      scatter_gated_unchecked(x.data(), x.outerStride(), y_data, y_stride, ws.routed_rows_.data(),
-                              ws.routed_, d, ws.update_.data(), d, ws.gates_.data());
+  static void write_output(MatrixCRef<T> x, T* y_data, Index y_stride, Workspace<T>& ws) {
+    const Index d = ws.dim_, seq_len = ws.shape_.seq_len;
+    if (d == 0) return;
+    for_each_sequence(ws, ws.shape_.batch, [&](Index b, int) {
+      if (y_data != x.data())
+        for (Index r = b * seq_len; r < (b + 1) * seq_len; ++r)
+          std::memcpy(y_data + r * y_stride, x.data() + r * x.outerStride(), sizeof(T) * std::size_t(d));
+      const Index first = ws.offsets_[std::size_t(b)], count = ws.offsets_[std::size_t(b + 1)] - first;
+      if (count > 0)
+        scatter_gated_unchecked(x.data(), x.outerStride(), y_data, y_stride, ws.routed_rows_.data() + first,
+                                count, d, ws.update_.data() + first * d, d, ws.gates_.data() + first);
+    });
   }
 };
 

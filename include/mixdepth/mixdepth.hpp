@@ -10,6 +10,7 @@
 #include "gather.hpp"
 #include "arena.hpp"
 #include "routed.hpp"
+#include "thread_pool.hpp"
 #include "workspace.hpp"
 #include "kv_cache.hpp"
 #include "block.hpp"

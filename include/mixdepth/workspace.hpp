@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "arena.hpp"
+#include "thread_pool.hpp"
 #include "topk.hpp"
 #include "types.hpp"
 
@@ -53,6 +54,15 @@ class Workspace {
   // Scratch handed to the block function.
   Arena<T>& arena() { return arena_; }
 
+  // Opt-in threads (thread_pool.hpp): forwards with this workspace spread their per-sequence
+  // work over `pool` (null: none, the default). The pool must outlive its use here; results
+  // do not depend on it.
+  void set_thread_pool(ThreadPool* pool) {
+    pool_ = pool;
+    grow(top_k_scratch_, pool == nullptr ? 1 : pool->size());
+  }
+  ThreadPool* thread_pool() const { return pool_; }
+
   // Grows every buffer for this shape now, so that the first forward allocates nothing.
   void reserve(Shape shape, Index dim, Index k) {
     const Index kept = k < shape.seq_len ? k : shape.seq_len;
@@ -65,7 +75,8 @@ class Workspace {
     grow(routed_x_, shape.batch * kept * dim);
     grow(update_, shape.batch * kept * dim);
     grow(decisions_, shape.rows());
-    top_k_scratch_.reserve(shape.seq_len);
+    grow(top_k_scratch_, 1);
+    for (auto& scratch : top_k_scratch_) scratch.reserve(shape.seq_len);
   }
 
  private:
@@ -90,8 +101,9 @@ class Workspace {
   std::vector<T> routed_x_;
   std::vector<T> update_;
   std::vector<std::uint8_t> decisions_;  // causal mode: the rule's decision per row
-  TopKScratch<T> top_k_scratch_;
+  std::vector<TopKScratch<T>> top_k_scratch_;  // one per pool thread
   Arena<T> arena_;
+  ThreadPool* pool_ = nullptr;
 };
 
 }  // namespace mixdepth
