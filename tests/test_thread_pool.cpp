@@ -20,7 +20,7 @@ Layer make_layer(std::uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("ThreadPool runs every item exactly once and names threads in [0, size)") {
+TEST_CASE("ThreadPool runs every item exactly once and names every thread below size()") {
   for (int threads : {1, 2, 3, 5}) {
     CAPTURE(threads);
     ThreadPool pool(threads);
