@@ -32,18 +32,16 @@ class ThreadPool {
   explicit ThreadPool(int threads) : threads_(threads) {
     if (threads < 1) detail::fail("ThreadPool", "threads", ">= 1", threads);
     workers_.reserve(std::size_t(threads - 1));
-    for (int w = 1; w < threads; ++w) workers_.emplace_back([this, w] { work(w); });
+    try {
+      for (int w = 1; w < threads; ++w) workers_.emplace_back([this, w] { work(w); });
+    } catch (...) {
+      stop();  // the threads started so far, before the exception leaves
+      throw;
+    }
   }
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
-  ~ThreadPool() {
-    {
-      std::lock_guard lock(mutex_);
-      stopping_ = true;
-    }
-    wake_.notify_all();
-    for (auto& t : workers_) t.join();
-  }
+  ~ThreadPool() { stop(); }
 
   // Threads in all, the caller included.
   int size() const noexcept { return threads_; }
@@ -83,6 +81,15 @@ class ThreadPool {
   template <class Task>
   static void invoke(void* task, std::int64_t i, int thread) {
     (*static_cast<Task*>(task))(i, thread);
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
   }
 
   static bool& inside_task() {
