@@ -26,10 +26,9 @@
 #
 # Rules:
 #   - Link one dispatch library per program: each defines the runtime:: functions.
-#   - Do not compile kernels::*<scalar_arch> into -m-flagged code of the same program (for
-#     example static-dispatch code built with -mavx2 and MIXDEPTH_FORCE_SCALAR): the scalar
-#     kernels' names do not carry the flags, and the linker keeps one copy of each. The xsimd
-#     architectures' names do, so static-dispatch code elsewhere in the program is fine.
+#   - Static-dispatch code elsewhere in the program, whatever its -m flags, is fine: every
+#     kernel's name carries the instruction set it was compiled for (the plain-loop
+#     kernels' `scalar_arch` tag included), so the linker never merges two of them.
 #   - GCC or clang (the -m flags and __builtin_cpu_supports).
 include_guard(GLOBAL)
 include(CheckCXXCompilerFlag)

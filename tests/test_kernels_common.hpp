@@ -122,4 +122,12 @@ bool same_values(const std::vector<T>& a, const std::vector<T>& b) {
   return true;
 }
 
+// How many architectures for_each_arch visits in this build (1 with MIXDEPTH_FORCE_SCALAR,
+// 4 with -mavx2 -mfma, 6 with AVX-512): tests check that every case ran on every one.
+inline long arch_count() {
+  long n = 0;
+  for_each_arch([&](auto) { ++n; });
+  return n;
+}
+
 }  // namespace mixdepth::kernels_testing

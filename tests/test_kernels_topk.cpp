@@ -85,12 +85,6 @@ long run_sizes(std::ptrdiff_t n_begin, std::ptrdiff_t n_end, bool all_k, std::ui
   return checked;
 }
 
-int arch_count() {
-  int count = 0;
-  for_each_arch([&](auto) { ++count; });
-  return count;
-}
-
 }  // namespace
 
 TEST_CASE_TEMPLATE("kernel top_k equals top_k_portable: every size to 300, every k to 100", T, float, double) {

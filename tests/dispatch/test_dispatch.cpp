@@ -157,8 +157,7 @@ TEST_CASE("dispatch: the library lists its tables, best first, the scalar one la
   }
   CHECK(std::string(tables.back()->arch) == "scalar");
   CHECK(runtime::supported(*tables.back()));
-  // A copy is not one of them. (Not make_kernel_table<scalar_arch>: that would compile the
-  // scalar kernels into this -march=native unit, under the scalar unit's symbol names.)
+  // A copy is not one of them.
   kernel_table foreign = *tables.back();
   foreign.name = "foreign";
   CHECK_FALSE(runtime::supported(foreign));

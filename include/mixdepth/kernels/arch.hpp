@@ -14,10 +14,20 @@
 
 namespace mixdepth::kernels {
 
-// Code without SIMD: every kernel has a plain-loop version under this tag.
-struct scalar_arch {
+// Code without SIMD: every kernel has a plain-loop version under this tag. The tag still
+// names the instruction set the unit is compiled for (xsimd's best one for its flags), so
+// plain loops that the compiler auto-vectorizes with AVX-512 in one unit and with AVX2 in
+// another get different symbols, and the linker never hands one unit the other's copy.
+template <class Isa>
+struct basic_scalar_arch {
   static constexpr const char* name() noexcept { return "scalar"; }
 };
+using scalar_arch = basic_scalar_arch<xsimd::default_arch>;
+
+template <class Arch>
+inline constexpr bool is_scalar_arch = false;
+template <class Isa>
+inline constexpr bool is_scalar_arch<basic_scalar_arch<Isa>> = true;
 
 #if defined(MIXDEPTH_FORCE_SCALAR)
 using static_arch = scalar_arch;
@@ -30,7 +40,7 @@ namespace arch_traits {
 
 template <class Arch>
 constexpr bool is_xsimd() {
-  if constexpr (std::is_same_v<Arch, scalar_arch> || std::is_same_v<Arch, xsimd::unavailable>)
+  if constexpr (is_scalar_arch<Arch> || std::is_same_v<Arch, xsimd::unavailable>)
     return false;
   else
     return Arch::supported();  // compiled for it: its batch types exist in this unit
