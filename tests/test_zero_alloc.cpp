@@ -1,83 +1,28 @@
 // Issue 3: a warmed-up forward pass makes no heap allocation at all, at real sizes. Every
-// malloc of the test process is counted (the malloc family is interposed and forwarded to
-// glibc, as bench/heap_counter.cpp does), so this holds in Release builds too, where Eigen's
+// malloc of the test process is counted (tests/support/heap_counter.cpp interposes the
+// malloc family, as for the benchmarks' `allocs` counters), so this holds in Release builds too, where Eigen's
 // set_is_malloc_allowed() assertion is compiled out. test_alloc_threads.cpp replaces
 // operator new in this executable; its operator new calls std::malloc and lands here too.
 #include "test_helpers.hpp"
 
-#include <atomic>
-#include <cerrno>
-#include <cstdlib>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define MIXDEPTH_TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MIXDEPTH_TEST_ASAN 1
-#endif
-#endif
-
-namespace {
-std::atomic<long> mallocs{0};
-// AddressSanitizer owns the malloc family: interposing it there would bypass ASan.
-#ifdef MIXDEPTH_TEST_ASAN
-constexpr bool counting = false;
-#else
-constexpr bool counting = true;
-#endif
-}  // namespace
-
-#ifndef MIXDEPTH_TEST_ASAN
-// glibc exports its allocator as __libc_*; the program's own malloc takes precedence.
-extern "C" {
-void* __libc_malloc(std::size_t);
-void* __libc_calloc(std::size_t, std::size_t);
-void* __libc_realloc(void*, std::size_t);
-void* __libc_memalign(std::size_t, std::size_t);
-void __libc_free(void*);
-
-void* malloc(std::size_t n) {
-  mallocs.fetch_add(1, std::memory_order_relaxed);
-  return __libc_malloc(n);
-}
-void* calloc(std::size_t count, std::size_t n) {
-  mallocs.fetch_add(1, std::memory_order_relaxed);
-  return __libc_calloc(count, n);
-}
-void* realloc(void* p, std::size_t n) {
-  mallocs.fetch_add(1, std::memory_order_relaxed);
-  return __libc_realloc(p, n);
-}
-void* memalign(std::size_t alignment, std::size_t n) {
-  mallocs.fetch_add(1, std::memory_order_relaxed);
-  return __libc_memalign(alignment, n);
-}
-void* aligned_alloc(std::size_t alignment, std::size_t n) {
-  mallocs.fetch_add(1, std::memory_order_relaxed);
-  return __libc_memalign(alignment, n);
-}
-int posix_memalign(void** out, std::size_t alignment, std::size_t n) {
-  mallocs.fetch_add(1, std::memory_order_relaxed);
-  void* p = __libc_memalign(alignment, n);
-  if (p == nullptr) return ENOMEM;
-  *out = p;
-  return 0;
-}
-void free(void* p) { __libc_free(p); }
-}
-#endif
+#include "heap_counter.hpp"
 
 using namespace mixdepth;
 using namespace mixdepth::testing;
 
 namespace {
 
+// AddressSanitizer owns the malloc family: there the counter is compiled out (and these
+// tests are skipped).
+const bool counting = heap_counter::active();
+
 template <class Call>
 long count_mallocs(Call&& call) {
-  const long before = mallocs.load();
+  const long before = heap_counter::count();
   call();
-  return mallocs.load() - before;
+  return heap_counter::count() - before;
 }
 
 // Grows every buffer (twice: the first call may leave the arena in several chunks, which

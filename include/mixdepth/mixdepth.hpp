@@ -3,6 +3,7 @@
 #include "version.hpp"
 #include "error.hpp"
 #include "types.hpp"
+#include "random.hpp"
 #include "capacity.hpp"
 #include "gate.hpp"
 #include "router.hpp"

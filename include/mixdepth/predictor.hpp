@@ -9,9 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <numbers>
 #include <numeric>
-#include <random>
 #include <span>
 #include <string>
 #include <utility>
@@ -20,6 +18,7 @@
 #include "aux_loss.hpp"
 #include "capacity.hpp"
 #include "product.hpp"
+#include "random.hpp"
 #include "causal.hpp"
 #include "routed.hpp"
 #include "types.hpp"
@@ -175,35 +174,6 @@ class PredictorAdam {
   PredictorParameters<T> first_moment_, second_moment_, gradient_;
 };
 
-namespace detail {
-
-// Standard normal numbers from std::mt19937_64 by Box-Muller: unlike
-// std::normal_distribution, the same on every standard library.
-class PredictorNormalSource {
- public:
-  explicit PredictorNormalSource(std::uint64_t seed) : engine_(seed) {}
-  double operator()() {
-    if (has_spare_) {
-      has_spare_ = false;
-      return spare_;
-    }
-    const double u1 = (static_cast<double>(engine_() >> 11) + 1.0) * 0x1p-53;  // (0, 1]
-    const double u2 = (static_cast<double>(engine_() >> 11) + 1.0) * 0x1p-53;
-    const double radius = std::sqrt(-2.0 * std::log(u1));
-    const double angle = 2.0 * std::numbers::pi * u2;
-    spare_ = radius * std::sin(angle);
-    has_spare_ = true;
-    return radius * std::cos(angle);
-  }
-
- private:
-  std::mt19937_64 engine_;
-  double spare_ = 0.0;
-  bool has_spare_ = false;
-};
-
-}  // namespace detail
-
 template <class T>
 class CausalPredictor {
  public:
@@ -216,7 +186,7 @@ class CausalPredictor {
     if (dim < 1) detail::fail(where, "dim", ">= 1", dim);
     if (hidden < 1) detail::fail(where, "hidden", ">= 1", hidden);
     check_activation(where, activation);
-    detail::PredictorNormalSource normal(seed);
+    NormalSource normal(seed);
     parameters_ = PredictorParameters<T>::zeros(dim, hidden);
     const double hidden_scale = 1.0 / std::sqrt(static_cast<double>(dim));
     const double output_scale = 1.0 / std::sqrt(static_cast<double>(hidden));

@@ -4,39 +4,11 @@
 // std::normal_distribution is not specified bit for bit, so it is not used here.
 #include <cmath>
 #include <cstdint>
-#include <numbers>
-#include <random>
 
+#include "../random.hpp"
 #include "../types.hpp"
 
 namespace mixdepth::layers {
-
-// Standard normal numbers by the Box-Muller transform over std::mt19937_64 (whose output the
-// standard fixes exactly).
-class NormalSource {
- public:
-  explicit NormalSource(std::uint64_t seed) : engine_(seed) {}
-
-  double operator()() {
-    if (has_spare_) {
-      has_spare_ = false;
-      return spare_;
-    }
-    // Two uniforms in (0, 1]: 53 random bits each, shifted off zero so log() stays finite.
-    const double u1 = (static_cast<double>(engine_() >> 11) + 1.0) * 0x1p-53;
-    const double u2 = (static_cast<double>(engine_() >> 11) + 1.0) * 0x1p-53;
-    const double radius = std::sqrt(-2.0 * std::log(u1));
-    const double angle = 2.0 * std::numbers::pi * u2;
-    spare_ = radius * std::sin(angle);
-    has_spare_ = true;
-    return radius * std::cos(angle);
-  }
-
- private:
-  std::mt19937_64 engine_;
-  double spare_ = 0.0;
-  bool has_spare_ = false;
-};
 
 // A [fan_in, fan_out] projection with entries N(0, 1 / fan_in): activations keep their scale
 // through x W, as with the usual fan-in initialisations.

@@ -2,10 +2,20 @@
 // exports its implementation as __libc_*. Each call is counted, then forwarded.
 #include "heap_counter.hpp"
 
+#include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstdlib>
-#include <cstring>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define MIXDEPTH_HEAP_COUNTER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MIXDEPTH_HEAP_COUNTER_ASAN 1
+#endif
+#endif
+
+#ifndef MIXDEPTH_HEAP_COUNTER_ASAN
 extern "C" {
 void* __libc_malloc(std::size_t);
 void* __libc_calloc(std::size_t, std::size_t);
@@ -20,6 +30,7 @@ void counted() { allocations.fetch_add(1, std::memory_order_relaxed); }
 }  // namespace
 
 long heap_counter::count() { return allocations.load(std::memory_order_relaxed); }
+bool heap_counter::active() { return true; }
 
 extern "C" {
 void* malloc(std::size_t n) {
@@ -51,3 +62,7 @@ int posix_memalign(void** out, std::size_t alignment, std::size_t n) {
 }
 void free(void* p) { __libc_free(p); }
 }
+#else
+long heap_counter::count() { return 0; }
+bool heap_counter::active() { return false; }
+#endif
