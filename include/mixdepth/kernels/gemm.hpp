@@ -1,0 +1,210 @@
+#pragma once
+// Dense matrix product C = alpha A B (or C += alpha A B) for the reference layers' projections
+// and attention, over raw pointers and strides. Raw pointers and sizes only.
+//
+// A is m x k with element (i, p) at a[i * a_rs + p * a_cs]; B is k x n with element (p, j) at
+// b[p * b_rs + j * b_cs] (so a transposed operand is only a swap of its two strides); C is
+// m x n, row-major, with row stride ldc. C must not overlap A or B.
+//
+// On an xsimd architecture the product is blocked as usual for caches: B is packed in panels
+// of `tile::cols` columns and up to `kc` rows, A in strips of `tile::rows` rows, and a register
+// tile of rows x cols accumulates with fused multiply-adds (AVX-512: 6 x 64 floats in 24
+// registers). Plain loops (scalar_arch) run i-p-j with one multiply-add per element.
+//
+// Rounding: C(i, j) is a function of row i of A, column j of B and k alone (zero-padding
+// makes the edge tiles accumulate in the same order as full ones): the same row gives the
+// same result whichever other rows come with it, and the result does not depend on the
+// position of the row in the product. Depth is summed in order within each kc block of
+// depth, with the blocks added to C in order.
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+
+#include "arch.hpp"
+
+namespace mixdepth::kernels {
+
+// Register tile and cache blocking of gemm<Arch, T>.
+template <class Arch, class T>
+struct gemm_blocking {
+  static constexpr bool simd = arch_traits::is_xsimd<Arch>();
+  static constexpr std::ptrdiff_t lanes = [] {
+    if constexpr (simd)
+      return std::ptrdiff_t(xsimd::batch<T, Arch>::size);
+    else
+      return std::ptrdiff_t{1};
+  }();
+  // Accumulator vectors per tile row: 4 with 32 vector registers (AVX-512), else 2.
+  static constexpr int vectors = arch_traits::has_avx512<Arch>() ? 4 : 2;
+  static constexpr std::ptrdiff_t rows = 6;                           // tile rows (of A and C)
+  static constexpr std::ptrdiff_t cols = vectors * lanes;             // tile columns (of B and C)
+  static constexpr std::ptrdiff_t kc = std::ptrdiff_t(2048 / sizeof(T));  // depth per packed panel
+  static constexpr std::ptrdiff_t mc = 384;                           // rows of A packed at once
+  static constexpr std::ptrdiff_t nc = 1536;                          // columns of B packed at once
+  static_assert(mc % rows == 0 && nc % cols == 0);
+};
+
+namespace detail_gemm {
+
+constexpr std::ptrdiff_t round_up(std::ptrdiff_t x, std::ptrdiff_t to) { return (x + to - 1) / to * to; }
+
+}  // namespace detail_gemm
+
+// Elements of scratch gemm<Arch, T> needs for an m x n x k product (0 for plain loops).
+template <class Arch, class T>
+constexpr std::ptrdiff_t gemm_workspace(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k) {
+  using B = gemm_blocking<Arch, T>;
+  if constexpr (!B::simd) {
+    return n;  // one row of accumulators
+  } else {
+    if (m <= 0 || n <= 0 || k <= 0) return 0;
+    const std::ptrdiff_t kc = std::min(k, B::kc);
+    const std::ptrdiff_t packed_b = kc * detail_gemm::round_up(std::min(n, B::nc), B::cols);
+    const std::ptrdiff_t packed_a = detail_gemm::round_up(std::min(m, B::mc), B::rows) * kc;
+    return packed_b + packed_a;
+  }
+}
+
+namespace detail_gemm {
+
+// out[p * cols + j] = B(p, j) for p < kc, j < width; columns width..cols-1 are zero.
+template <class T>
+void pack_b_panel(const T* b, std::ptrdiff_t b_rs, std::ptrdiff_t b_cs, std::ptrdiff_t kc,
+                  std::ptrdiff_t width, std::ptrdiff_t cols, T* out) noexcept {
+  if (b_cs == 1) {
+    for (std::ptrdiff_t p = 0; p < kc; ++p) {
+      T* o = out + p * cols;
+      std::memcpy(o, b + p * b_rs, sizeof(T) * std::size_t(width));
+      std::fill(o + width, o + cols, T(0));
+    }
+  } else {
+    for (std::ptrdiff_t p = 0; p < kc; ++p) std::fill(out + p * cols + width, out + (p + 1) * cols, T(0));
+    for (std::ptrdiff_t j = 0; j < width; ++j) {
+      const T* column = b + j * b_cs;
+      for (std::ptrdiff_t p = 0; p < kc; ++p) out[p * cols + j] = column[p * b_rs];
+    }
+  }
+}
+
+// out[p * rows + i] = A(i, p) for i < height, p < kc; rows height..rows-1 are zero.
+template <class T>
+void pack_a_strip(const T* a, std::ptrdiff_t a_rs, std::ptrdiff_t a_cs, std::ptrdiff_t kc,
+                  std::ptrdiff_t height, std::ptrdiff_t rows, T* out) noexcept {
+  for (std::ptrdiff_t i = 0; i < height; ++i) {
+    const T* row = a + i * a_rs;
+    for (std::ptrdiff_t p = 0; p < kc; ++p) out[p * rows + i] = row[p * a_cs];
+  }
+  for (std::ptrdiff_t i = height; i < rows; ++i)
+    for (std::ptrdiff_t p = 0; p < kc; ++p) out[p * rows + i] = T(0);
+}
+
+// The register tile: acc = A strip (packed) x B panel (packed) over kc, then
+// C = alpha acc (+ C when add) for the first `height` rows and `width` columns.
+template <class Arch, class T>
+void tile(std::ptrdiff_t kc, const T* packed_a, const T* packed_b, T alpha, bool add, T* c,
+          std::ptrdiff_t ldc, std::ptrdiff_t height, std::ptrdiff_t width) noexcept {
+  using Blocking = gemm_blocking<Arch, T>;
+  using batch = xsimd::batch<T, Arch>;
+  constexpr int R = int(Blocking::rows), V = Blocking::vectors;
+  constexpr std::ptrdiff_t L = Blocking::lanes, N = Blocking::cols;
+  batch acc[R][V];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) acc[i][v] = batch(T(0));
+  for (std::ptrdiff_t p = 0; p < kc; ++p) {
+    batch b[V];
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) b[v] = batch::load_aligned(packed_b + p * N + v * L);
+    const T* a = packed_a + p * R;
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const batch ai(a[i]);
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[i][v] = xsimd::fma(ai, b[v], acc[i][v]);
+    }
+  }
+  const batch scale(alpha);
+  if (height == R && width == N) {
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) {
+        T* out = c + i * ldc + v * L;
+        const batch scaled = acc[i][v] * scale;
+        (add ? batch::load_unaligned(out) + scaled : scaled).store_unaligned(out);
+      }
+    return;
+  }
+  alignas(64) T spill[R * N];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) (acc[i][v] * scale).store_aligned(spill + i * N + v * L);
+  for (std::ptrdiff_t i = 0; i < height; ++i) {
+    T* out = c + i * ldc;
+    const T* in = spill + i * N;
+    if (add)
+      for (std::ptrdiff_t j = 0; j < width; ++j) out[j] += in[j];
+    else
+      std::copy(in, in + width, out);
+  }
+}
+
+}  // namespace detail_gemm
+
+// C = alpha A B, or C += alpha A B when `accumulate` (see the top of this file). `work` holds
+// gemm_workspace<Arch, T>(m, n, k) elements, aligned to 64 bytes.
+template <class Arch, class T>
+void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T* a, std::ptrdiff_t a_rs,
+          std::ptrdiff_t a_cs, const T* b, std::ptrdiff_t b_rs, std::ptrdiff_t b_cs, bool accumulate, T* c,
+          std::ptrdiff_t ldc, T* work) noexcept {
+  using Blocking = gemm_blocking<Arch, T>;
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    if (!accumulate)
+      for (std::ptrdiff_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, T(0));
+    return;
+  }
+  if constexpr (!Blocking::simd) {
+    T* row = work;  // n accumulators
+    for (std::ptrdiff_t i = 0; i < m; ++i) {
+      std::fill(row, row + n, T(0));
+      for (std::ptrdiff_t p = 0; p < k; ++p) {
+        const T ap = a[i * a_rs + p * a_cs];
+        const T* bp = b + p * b_rs;
+        for (std::ptrdiff_t j = 0; j < n; ++j) row[j] += ap * bp[j * b_cs];
+      }
+      T* out = c + i * ldc;
+      for (std::ptrdiff_t j = 0; j < n; ++j) out[j] = accumulate ? out[j] + alpha * row[j] : alpha * row[j];
+    }
+  } else {
+    constexpr std::ptrdiff_t R = Blocking::rows, N = Blocking::cols;
+    const std::ptrdiff_t kc_max = std::min(k, Blocking::kc);
+    T* packed_b = work;
+    T* packed_a = work + kc_max * detail_gemm::round_up(std::min(n, Blocking::nc), N);
+    for (std::ptrdiff_t jc = 0; jc < n; jc += Blocking::nc) {
+      const std::ptrdiff_t nc = std::min(Blocking::nc, n - jc);
+      for (std::ptrdiff_t pc = 0; pc < k; pc += Blocking::kc) {
+        const std::ptrdiff_t kc = std::min(Blocking::kc, k - pc);
+        const bool add = accumulate || pc > 0;
+        for (std::ptrdiff_t js = 0; js < nc; js += N)
+          detail_gemm::pack_b_panel(b + pc * b_rs + (jc + js) * b_cs, b_rs, b_cs, kc, std::min(N, nc - js), N,
+                                    packed_b + js * kc);
+        for (std::ptrdiff_t ic = 0; ic < m; ic += Blocking::mc) {
+          const std::ptrdiff_t mc = std::min(Blocking::mc, m - ic);
+          for (std::ptrdiff_t is = 0; is < mc; is += R)
+            detail_gemm::pack_a_strip(a + (ic + is) * a_rs + pc * a_cs, a_rs, a_cs, kc, std::min(R, mc - is), R,
+                                      packed_a + is * kc);
+          for (std::ptrdiff_t js = 0; js < nc; js += N)
+            for (std::ptrdiff_t is = 0; is < mc; is += R)
+              detail_gemm::tile<Arch, T>(kc, packed_a + is * kc, packed_b + js * kc, alpha, add,
+                                         c + (ic + is) * ldc + jc + js, ldc, std::min(R, mc - is),
+                                         std::min(N, nc - js));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace mixdepth::kernels

@@ -1,0 +1,189 @@
+// The GEMM kernel on every architecture this build can run, against a double-precision
+// (long double for double) reference within the rounding bound of a k-term dot product:
+// shapes across every tile, panel and block edge, transposed operands, alpha, accumulation,
+// an empty depth; plus the promise of kernels/gemm.hpp that a coefficient does not depend
+// on the other rows and columns of the product, and that edge tiles write nothing outside C.
+#include "test_kernels_common.hpp"
+
+#include <mixdepth/kernels/gemm.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+using namespace mixdepth;
+using namespace mixdepth::kernels_testing;
+
+namespace {
+
+template <class T>
+using wide_t = std::conditional_t<std::is_same_v<T, float>, double, long double>;
+
+template <class T>
+std::vector<T> normal_values(std::mt19937_64& rng, std::ptrdiff_t n) {
+  std::normal_distribution<double> normal;
+  std::vector<T> v(static_cast<std::size_t>(n));
+  for (auto& x : v) x = static_cast<T>(normal(rng));
+  return v;
+}
+
+// Operands in memory with their strides: A m x k, B k x n, either one stored transposed.
+template <class T>
+struct Operands {
+  std::ptrdiff_t m, n, k;
+  std::vector<T> a, b;
+  std::ptrdiff_t a_rs, a_cs, b_rs, b_cs;
+  T at_a(std::ptrdiff_t i, std::ptrdiff_t p) const { return a[std::size_t(i * a_rs + p * a_cs)]; }
+  T at_b(std::ptrdiff_t p, std::ptrdiff_t j) const { return b[std::size_t(p * b_rs + j * b_cs)]; }
+};
+
+template <class T>
+Operands<T> make_operands(std::mt19937_64& rng, std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k,
+                          bool a_transposed, bool b_transposed) {
+  Operands<T> o{m, n, k, {}, {}, 0, 0, 0, 0};
+  const std::ptrdiff_t pad = std::ptrdiff_t(rng() % 3);  // leading dimensions beyond the extent
+  if (a_transposed) {
+    o.a_rs = 1, o.a_cs = m + pad;
+    o.a = normal_values<T>(rng, std::max<std::ptrdiff_t>(k, 1) * (m + pad));
+  } else {
+    o.a_rs = k + pad, o.a_cs = 1;
+    o.a = normal_values<T>(rng, std::max<std::ptrdiff_t>(m, 1) * (k + pad));
+  }
+  if (b_transposed) {
+    o.b_rs = 1, o.b_cs = k + pad;
+    o.b = normal_values<T>(rng, std::max<std::ptrdiff_t>(n, 1) * (k + pad));
+  } else {
+    o.b_rs = n + pad, o.b_cs = 1;
+    o.b = normal_values<T>(rng, std::max<std::ptrdiff_t>(k, 1) * (n + pad));
+  }
+  return o;
+}
+
+// C = alpha A B (+ C0) on Arch, with C's rows `ldc` apart inside a buffer whose gaps and tail
+// hold a sentinel that must survive.
+template <class Arch, class T>
+std::vector<T> run(const Operands<T>& o, T alpha, bool accumulate, const std::vector<T>& c0, std::ptrdiff_t ldc) {
+  std::vector<T> c = c0;
+  const std::ptrdiff_t work_size = kernels::gemm_workspace<Arch, T>(o.m, o.n, o.k);
+  std::vector<T, xsimd::aligned_allocator<T, 64>> work(std::size_t(std::max<std::ptrdiff_t>(work_size, 1)));
+  kernels::gemm<Arch, T>(o.m, o.n, o.k, alpha, o.a.data(), o.a_rs, o.a_cs, o.b.data(), o.b_rs, o.b_cs, accumulate,
+                         c.data(), ldc, work.data());
+  return c;
+}
+
+constexpr double sentinel = -12345.0;
+
+// Checks every coefficient against the wide reference and every gap against the sentinel.
+template <class T>
+void check_against_reference(const char* arch, const Operands<T>& o, T alpha, bool accumulate,
+                             const std::vector<T>& c0, const std::vector<T>& c, std::ptrdiff_t ldc) {
+  using W = wide_t<T>;
+  const double eps = double(std::numeric_limits<T>::epsilon());
+  long bad = 0;
+  for (std::ptrdiff_t i = 0; i < o.m; ++i) {
+    for (std::ptrdiff_t j = 0; j < o.n; ++j) {
+      W sum = 0, magnitude = 0;
+      for (std::ptrdiff_t p = 0; p < o.k; ++p) {
+        const W term = W(o.at_a(i, p)) * W(o.at_b(p, j));
+        sum += term;
+        magnitude += std::fabs(term);
+      }
+      const W before = accumulate ? W(c0[std::size_t(i * ldc + j)]) : W(0);
+      const W want = before + W(alpha) * sum;
+      // Any order of a k-term sum with fused multiply-adds: |error| <= k eps sum|a b| (to
+      // first order), then the scaling by alpha and the addition of C0, one rounding each.
+      const double bound = eps * (double(o.k + 2) * std::fabs(double(alpha)) * double(magnitude) +
+                                  2 * std::fabs(double(before)) + std::fabs(double(want)));
+      const double error = std::fabs(double(W(c[std::size_t(i * ldc + j)]) - want));
+      if (!(error <= bound) && bad++ < 3) {
+        INFO("arch=", arch, " m=", o.m, " n=", o.n, " k=", o.k, " i=", i, " j=", j, " error=", error,
+             " bound=", bound);
+        CHECK(error <= bound);
+      }
+    }
+    for (std::ptrdiff_t j = o.n; j < ldc; ++j)
+      if (c[std::size_t(i * ldc + j)] != T(sentinel) && bad++ < 3) CHECK(c[std::size_t(i * ldc + j)] == T(sentinel));
+  }
+  for (std::size_t t = std::size_t(o.m * ldc); t < c.size(); ++t)
+    if (c[t] != T(sentinel) && bad++ < 3) CHECK(c[t] == T(sentinel));
+  CHECK(bad == 0);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("kernel gemm equals A B in wider precision, within rounding, on every tile edge", T, float,
+                   double) {
+  std::mt19937_64 rng(21);
+  // 6 rows per tile; 64/32/16/8 columns per tile; 512/256 deep per panel; 384 rows and
+  // 1536 columns per block: sizes on both sides of each.
+  const std::ptrdiff_t ms[] = {1, 2, 5, 6, 7, 13, 64, 383, 385};
+  const std::ptrdiff_t ns[] = {1, 3, 8, 15, 16, 17, 31, 33, 63, 64, 65, 130, 1537};
+  const std::ptrdiff_t ks[] = {0, 1, 2, 7, 64, 255, 257, 513};
+  long cases = 0;
+  for (std::ptrdiff_t m : ms)
+    for (std::ptrdiff_t n : ns)
+      for (std::ptrdiff_t k : ks) {
+        if (m * n * k > 3'000'000) continue;  // keeps the wide reference quick
+        const bool a_t = rng() % 2, b_t = rng() % 3 == 0, accumulate = rng() % 3 == 0;
+        const T alpha = (rng() % 2) ? T(1) : T(-0.375);
+        const Operands<T> o = make_operands<T>(rng, m, n, k, a_t, b_t);
+        const std::ptrdiff_t ldc = n + std::ptrdiff_t(rng() % 3);
+        std::vector<T> c0(std::size_t(m * ldc + 5), T(sentinel));
+        for (std::ptrdiff_t i = 0; i < m; ++i)
+          for (std::ptrdiff_t j = 0; j < n; ++j) c0[std::size_t(i * ldc + j)] = accumulate ? T(0.5 * j - i) : T(777);
+        for_each_arch([&](auto arch) {
+          using Arch = decltype(arch);
+          const std::vector<T> c = run<Arch>(o, alpha, accumulate, c0, ldc);
+          check_against_reference(Arch::name(), o, alpha, accumulate, c0, c, ldc);
+        });
+        ++cases;
+      }
+  CHECK(cases > 600);
+}
+
+TEST_CASE_TEMPLATE("kernel gemm: a coefficient depends on its row, its column and k only", T, float, double) {
+  std::mt19937_64 rng(22);
+  for (auto [m, n, k] : {std::array<std::ptrdiff_t, 3>{50, 150, 600}, {400, 70, 33}, {9, 1600, 20}}) {
+    const Operands<T> o = make_operands<T>(rng, m, n, k, false, false);
+    for_each_arch([&](auto arch) {
+      using Arch = decltype(arch);
+      const std::vector<T> full = run<Arch>(o, T(1), false, std::vector<T>(std::size_t(m * n)), n);
+      // A window of rows and columns that starts off every tile boundary.
+      const std::ptrdiff_t i0 = 1 + std::ptrdiff_t(rng() % std::uint64_t(m - 1)), j0 = 1 + std::ptrdiff_t(rng() % std::uint64_t(n - 1));
+      const std::ptrdiff_t mm = std::min<std::ptrdiff_t>(m - i0, 11), nn = std::min<std::ptrdiff_t>(n - j0, 37);
+      Operands<T> part = o;
+      part.m = mm, part.n = nn;
+      part.a.assign(o.a.begin() + i0 * o.a_rs, o.a.end());
+      part.b.assign(o.b.begin() + j0, o.b.end());
+      const std::vector<T> window = run<Arch>(part, T(1), false, std::vector<T>(std::size_t(mm * nn)), nn);
+      bool same = true;
+      for (std::ptrdiff_t i = 0; i < mm; ++i)
+        for (std::ptrdiff_t j = 0; j < nn; ++j)
+          same = same && std::memcmp(&window[std::size_t(i * nn + j)], &full[std::size_t((i0 + i) * n + j0 + j)],
+                                     sizeof(T)) == 0;
+      INFO("arch=", Arch::name(), " m=", m, " n=", n, " k=", k, " i0=", i0, " j0=", j0);
+      CHECK(same);
+    });
+  }
+}
+
+TEST_CASE_TEMPLATE("kernel gemm: a NaN or infinity stays in its own row and column", T, float, double) {
+  std::mt19937_64 rng(23);
+  const std::ptrdiff_t m = 13, n = 70, k = 40;
+  Operands<T> o = make_operands<T>(rng, m, n, k, false, false);
+  o.a[std::size_t(7 * o.a_rs + 3)] = std::numeric_limits<T>::quiet_NaN();  // row 7
+  o.b[std::size_t(5 * o.b_rs + 66)] = std::numeric_limits<T>::infinity();    // column 66
+  for_each_arch([&](auto arch) {
+    using Arch = decltype(arch);
+    const std::vector<T> c = run<Arch>(o, T(1), false, std::vector<T>(std::size_t(m * n)), n);
+    long wrong = 0;
+    for (std::ptrdiff_t i = 0; i < m; ++i)
+      for (std::ptrdiff_t j = 0; j < n; ++j) {
+        const T v = c[std::size_t(i * n + j)];
+        if (i == 7) wrong += !std::isnan(v);
+        else if (j == 66) wrong += !std::isinf(v);
+        else wrong += !std::isfinite(v);
+      }
+    INFO("arch=", Arch::name());
+    CHECK(wrong == 0);
+  });
+}

@@ -1,0 +1,105 @@
+// detail::product / add_product, the reference layers' matrix products: the GEMM kernel behind
+// Eigen-typed operands (transposes, blocks, scalar factors, a column-major result) against a
+// double-precision product, within the rounding bound of a k-term dot product; the same bits
+// with and without an arena; Eigen's own code, bit for bit, for tiny and vector-shaped products.
+#include "test_helpers.hpp"
+
+#include <mixdepth/product.hpp>
+
+using namespace mixdepth;
+using namespace mixdepth::testing;
+
+namespace {
+
+using Wide = Eigen::MatrixXd;
+using ColMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+
+template <class M>
+Wide widen(const M& m) {
+  return m.template cast<double>();
+}
+
+// |got - want| <= eps ((k + 2) |alpha| (|a| |b|) + 2 |c0| + |want|), coefficient-wise.
+template <class Got>
+bool within_rounding(const Got& got, const Wide& want, const Wide& magnitude, const Wide& before, double alpha,
+                     Index k) {
+  const double eps = double(std::numeric_limits<float>::epsilon());
+  const Wide error = (widen(got) - want).cwiseAbs();
+  const Wide bound =
+      eps * (double(k + 2) * std::fabs(alpha) * magnitude + 2 * before.cwiseAbs() + want.cwiseAbs());
+  return (error.array() <= bound.array()).all();
+}
+
+}  // namespace
+
+TEST_CASE("product() computes alpha A B through the GEMM kernel for every operand layout") {
+  Arena<float> arena;
+  const RowMatrix<float> a = random_matrix<float>(300, 200, 3), b = random_matrix<float>(200, 260, 4);
+  const RowMatrix<float> bt = random_matrix<float>(260, 200, 5), at = random_matrix<float>(200, 300, 6);
+  const Wide magnitude = widen(a).cwiseAbs() * widen(b).cwiseAbs();
+  const Wide zero = Wide::Zero(300, 260);
+
+  RowMatrix<float> got(300, 260);
+  detail::product(got, a, b, &arena);
+  CHECK(within_rounding(got, widen(a) * widen(b), magnitude, zero, 1, 200));
+
+  detail::product(got, a, b, &arena, -0.25f);
+  CHECK(within_rounding(got, -0.25 * widen(a) * widen(b), magnitude, zero, -0.25, 200));
+
+  detail::product(got, (2.0f * a), b, &arena);  // a scalar factor folds into alpha
+  CHECK(within_rounding(got, 2.0 * widen(a) * widen(b), magnitude, zero, 2, 200));
+
+  detail::product(got, at.transpose(), bt.transpose(), &arena);
+  CHECK(within_rounding(got, widen(at).transpose() * widen(bt).transpose(),
+                        widen(at).transpose().cwiseAbs() * widen(bt).transpose().cwiseAbs(), zero, 1, 200));
+
+  ColMatrix col(300, 260);  // a column-major result is the transposed row-major product
+  detail::product(col, a, b, &arena);
+  CHECK(within_rounding(col, widen(a) * widen(b), magnitude, zero, 1, 200));
+
+  // Blocks: a window of each operand into a window of the result, the rest untouched.
+  RowMatrix<float> big = RowMatrix<float>::Constant(310, 270, 9.f);
+  detail::product(big.block(3, 5, 290, 250), a.block(4, 1, 290, 190), b.block(2, 7, 190, 250), &arena);
+  const Wide a_block = widen(a).block(4, 1, 290, 190), b_block = widen(b).block(2, 7, 190, 250);
+  CHECK(within_rounding(big.block(3, 5, 290, 250), a_block * b_block, a_block.cwiseAbs() * b_block.cwiseAbs(),
+                        Wide::Zero(290, 250), 1, 190));
+  CHECK((big.topRows(3).array() == 9.f).all());
+  CHECK((big.leftCols(5).array() == 9.f).all());
+  CHECK((big.rightCols(15).array() == 9.f).all());
+  CHECK((big.bottomRows(17).array() == 9.f).all());
+}
+
+TEST_CASE("add_product() adds alpha A B to the result") {
+  Arena<float> arena;
+  const RowMatrix<float> a = random_matrix<float>(150, 530, 7), e = random_matrix<float>(150, 90, 8);
+  RowMatrix<float> got = random_matrix<float>(530, 90, 9);
+  const Wide before = widen(got);
+  detail::add_product(got, a.transpose(), e, &arena, 0.5f);  // depth 150, two panels of columns
+  CHECK(within_rounding(got, before + 0.5 * widen(a).transpose() * widen(e),
+                        widen(a).transpose().cwiseAbs() * widen(e).cwiseAbs(), before, 0.5, 150));
+}
+
+TEST_CASE("product() gives the same bits with the caller's arena and without one") {
+  Arena<float> arena;
+  const RowMatrix<float> a = random_matrix<float>(97, 600, 10), b = random_matrix<float>(600, 130, 11);
+  RowMatrix<float> with(97, 130), without(97, 130);
+  detail::product(with, a, b, &arena);
+  detail::product(without, a, b, nullptr);
+  CHECK(bit_equal(with, without));
+}
+
+TEST_CASE("product() leaves tiny and vector-shaped products to Eigen's own code, bit for bit") {
+  Arena<float> arena;
+  const RowMatrix<float> a = random_matrix<float>(30, 20, 12), b = random_matrix<float>(20, 26, 13);
+  RowMatrix<float> small_want(3, 4), small_got(3, 4), row_want(1, 26), row_got(1, 26), col_want(30, 1),
+      col_got(30, 1);
+  small_want.noalias() = a.topLeftCorner(3, 5) * b.topLeftCorner(5, 4);
+  detail::product(small_got, a.topLeftCorner(3, 5), b.topLeftCorner(5, 4), &arena);
+  CHECK(bit_equal(small_want, small_got));
+  row_want.noalias() = a.topRows(1) * b;
+  detail::product(row_got, a.topRows(1), b, &arena);
+  CHECK(bit_equal(row_want, row_got));
+  col_want.noalias() = a * b.leftCols(1);
+  detail::product(col_got, a, b.leftCols(1), &arena);
+  CHECK(bit_equal(col_want, col_got));
+}
