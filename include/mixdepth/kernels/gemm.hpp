@@ -98,11 +98,12 @@ void pack_a_strip(const T* a, std::ptrdiff_t a_rs, std::ptrdiff_t a_cs, std::ptr
     for (std::ptrdiff_t p = 0; p < kc; ++p) out[p * rows + i] = T(0);
 }
 
-// The register tile: acc = A strip (packed) x B panel (packed) over kc, then
-// C = alpha acc (+ C when add) for the first `height` rows and `width` columns.
+// The register tile: acc = A strip (packed) x B panel over kc, then C = alpha acc (+ C when
+// add) for the first `height` rows and `width` columns. Row p of the B panel starts at
+// panel + p * panel_stride: the packed panel, or B itself when its rows are contiguous.
 template <class Arch, class T>
-void tile(std::ptrdiff_t kc, const T* packed_a, const T* packed_b, T alpha, bool add, T* c,
-          std::ptrdiff_t ldc, std::ptrdiff_t height, std::ptrdiff_t width) noexcept {
+void tile(std::ptrdiff_t kc, const T* packed_a, const T* panel, std::ptrdiff_t panel_stride, T alpha, bool add,
+          T* c, std::ptrdiff_t ldc, std::ptrdiff_t height, std::ptrdiff_t width) noexcept {
   using Blocking = gemm_blocking<Arch, T>;
   using batch = xsimd::batch<T, Arch>;
   constexpr int R = int(Blocking::rows), V = Blocking::vectors;
@@ -115,7 +116,7 @@ void tile(std::ptrdiff_t kc, const T* packed_a, const T* packed_b, T alpha, bool
   for (std::ptrdiff_t p = 0; p < kc; ++p) {
     batch b[V];
 #pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) b[v] = batch::load_aligned(packed_b + p * N + v * L);
+    for (int v = 0; v < V; ++v) b[v] = batch::load_unaligned(panel + p * panel_stride + v * L);
     const T* a = packed_a + p * R;
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
@@ -188,9 +189,17 @@ void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T
       for (std::ptrdiff_t pc = 0; pc < k; pc += Blocking::kc) {
         const std::ptrdiff_t kc = std::min(Blocking::kc, k - pc);
         const bool add = accumulate || pc > 0;
+        // Whole panels of a B with contiguous rows are read in place; the others (a last
+        // partial panel, a transposed B) are packed, zero-padded to full width.
+        const bool in_place = b_cs == 1;
         for (std::ptrdiff_t js = 0; js < nc; js += N)
-          detail_gemm::pack_b_panel(b + pc * b_rs + (jc + js) * b_cs, b_rs, b_cs, kc, std::min(N, nc - js), N,
-                                    packed_b + js * kc);
+          if (!in_place || nc - js < N)
+            detail_gemm::pack_b_panel(b + pc * b_rs + (jc + js) * b_cs, b_rs, b_cs, kc, std::min(N, nc - js), N,
+                                      packed_b + js * kc);
+        auto panel = [&](std::ptrdiff_t js) {
+          return in_place && nc - js >= N ? b + pc * b_rs + jc + js : packed_b + js * kc;
+        };
+        auto panel_stride = [&](std::ptrdiff_t js) { return in_place && nc - js >= N ? b_rs : N; };
         for (std::ptrdiff_t ic = 0; ic < m; ic += Blocking::mc) {
           const std::ptrdiff_t mc = std::min(Blocking::mc, m - ic);
           for (std::ptrdiff_t is = 0; is < mc; is += R)
@@ -198,7 +207,7 @@ void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T
                                       packed_a + is * kc);
           for (std::ptrdiff_t js = 0; js < nc; js += N)
             for (std::ptrdiff_t is = 0; is < mc; is += R)
-              detail_gemm::tile<Arch, T>(kc, packed_a + is * kc, packed_b + js * kc, alpha, add,
+              detail_gemm::tile<Arch, T>(kc, packed_a + is * kc, panel(js), panel_stride(js), alpha, add,
                                          c + (ic + is) * ldc + jc + js, ldc, std::min(R, mc - is),
                                          std::min(N, nc - js));
         }
