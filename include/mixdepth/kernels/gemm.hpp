@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "arch.hpp"
+#include "simd_shim.hpp"
 
 namespace mixdepth::kernels {
 
@@ -67,8 +68,11 @@ constexpr std::ptrdiff_t gemm_workspace(std::ptrdiff_t m, std::ptrdiff_t n, std:
 
 namespace detail_gemm {
 
+// The packing helpers take Arch too, although they are plain loops: the compiler vectorizes
+// them for the unit's instruction set, so each unit must keep its own copy (ODR).
+
 // out[p * cols + j] = B(p, j) for p < kc, j < width; columns width..cols-1 are zero.
-template <class T>
+template <class Arch, class T>
 void pack_b_panel(const T* b, std::ptrdiff_t b_rs, std::ptrdiff_t b_cs, std::ptrdiff_t kc,
                   std::ptrdiff_t width, std::ptrdiff_t cols, T* out) noexcept {
   if (b_cs == 1) {
@@ -87,7 +91,7 @@ void pack_b_panel(const T* b, std::ptrdiff_t b_rs, std::ptrdiff_t b_cs, std::ptr
 }
 
 // out[p * rows + i] = A(i, p) for i < height, p < kc; rows height..rows-1 are zero.
-template <class T>
+template <class Arch, class T>
 void pack_a_strip(const T* a, std::ptrdiff_t a_rs, std::ptrdiff_t a_cs, std::ptrdiff_t kc,
                   std::ptrdiff_t height, std::ptrdiff_t rows, T* out) noexcept {
   for (std::ptrdiff_t i = 0; i < height; ++i) {
@@ -98,12 +102,21 @@ void pack_a_strip(const T* a, std::ptrdiff_t a_rs, std::ptrdiff_t a_cs, std::ptr
     for (std::ptrdiff_t p = 0; p < kc; ++p) out[p * rows + i] = T(0);
 }
 
-// The register tile: acc = A strip (packed) x B panel over kc, then C = alpha acc (+ C when
-// add) for the first `height` rows and `width` columns. Row p of the B panel starts at
-// panel + p * panel_stride: the packed panel, or B itself when its rows are contiguous.
+// An operand as the tile reads it: element (i, p) of an A strip, or row p of a B panel, at
+// data + i * row + p * depth.
+template <class T>
+struct Slice {
+  const T* data;
+  std::ptrdiff_t row;
+  std::ptrdiff_t depth;
+};
+
+// The register tile: acc = A strip x B panel over kc, then C = alpha acc (+ C when add) for
+// the first `height` rows and `width` columns. Each operand is either packed or read in
+// place (an A strip of contiguous rows, a B panel of contiguous columns).
 template <class Arch, class T>
-void tile(std::ptrdiff_t kc, const T* packed_a, const T* panel, std::ptrdiff_t panel_stride, T alpha, bool add,
-          T* c, std::ptrdiff_t ldc, std::ptrdiff_t height, std::ptrdiff_t width) noexcept {
+void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool add, T* c, std::ptrdiff_t ldc,
+          std::ptrdiff_t height, std::ptrdiff_t width) noexcept {
   using Blocking = gemm_blocking<Arch, T>;
   using batch = xsimd::batch<T, Arch>;
   constexpr int R = int(Blocking::rows), V = Blocking::vectors;
@@ -116,13 +129,13 @@ void tile(std::ptrdiff_t kc, const T* packed_a, const T* panel, std::ptrdiff_t p
   for (std::ptrdiff_t p = 0; p < kc; ++p) {
     batch b[V];
 #pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) b[v] = batch::load_unaligned(panel + p * panel_stride + v * L);
-    const T* a = packed_a + p * R;
+    for (int v = 0; v < V; ++v) b[v] = batch::load_unaligned(b_panel.data + p * b_panel.depth + v * L);
+    const T* a = a_strip.data + p * a_strip.depth;
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
-      const batch ai(a[i]);
+      const batch ai(a[i * a_strip.row]);
 #pragma GCC unroll 8
-      for (int v = 0; v < V; ++v) acc[i][v] = xsimd::fma(ai, b[v], acc[i][v]);
+      for (int v = 0; v < V; ++v) acc[i][v] = shim::fma<Arch>(ai, b[v], acc[i][v]);
     }
   }
   const batch scale(alpha);
@@ -189,27 +202,32 @@ void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T
       for (std::ptrdiff_t pc = 0; pc < k; pc += Blocking::kc) {
         const std::ptrdiff_t kc = std::min(Blocking::kc, k - pc);
         const bool add = accumulate || pc > 0;
-        // Whole panels of a B with contiguous rows are read in place; the others (a last
-        // partial panel, a transposed B) are packed, zero-padded to full width.
-        const bool in_place = b_cs == 1;
+        // Whole panels of a B with contiguous rows are read in place, and whole strips of an A
+        // with contiguous rows; the others (a last partial panel or strip, a transposed
+        // operand) are packed, zero-padded to full width.
+        const bool b_in_place = b_cs == 1, a_in_place = a_cs == 1;
         for (std::ptrdiff_t js = 0; js < nc; js += N)
-          if (!in_place || nc - js < N)
-            detail_gemm::pack_b_panel(b + pc * b_rs + (jc + js) * b_cs, b_rs, b_cs, kc, std::min(N, nc - js), N,
-                                      packed_b + js * kc);
-        auto panel = [&](std::ptrdiff_t js) {
-          return in_place && nc - js >= N ? b + pc * b_rs + jc + js : packed_b + js * kc;
+          if (!b_in_place || nc - js < N)
+            detail_gemm::pack_b_panel<Arch>(b + pc * b_rs + (jc + js) * b_cs, b_rs, b_cs, kc, std::min(N, nc - js), N,
+                                            packed_b + js * kc);
+        auto b_panel = [&](std::ptrdiff_t js) {
+          return b_in_place && nc - js >= N ? detail_gemm::Slice<T>{b + pc * b_rs + jc + js, 0, b_rs}
+                                            : detail_gemm::Slice<T>{packed_b + js * kc, 0, N};
         };
-        auto panel_stride = [&](std::ptrdiff_t js) { return in_place && nc - js >= N ? b_rs : N; };
         for (std::ptrdiff_t ic = 0; ic < m; ic += Blocking::mc) {
           const std::ptrdiff_t mc = std::min(Blocking::mc, m - ic);
           for (std::ptrdiff_t is = 0; is < mc; is += R)
-            detail_gemm::pack_a_strip(a + (ic + is) * a_rs + pc * a_cs, a_rs, a_cs, kc, std::min(R, mc - is), R,
-                                      packed_a + is * kc);
+            if (!a_in_place || mc - is < R)
+              detail_gemm::pack_a_strip<Arch>(a + (ic + is) * a_rs + pc * a_cs, a_rs, a_cs, kc, std::min(R, mc - is),
+                                              R, packed_a + is * kc);
+          auto a_strip = [&](std::ptrdiff_t is) {
+            return a_in_place && mc - is >= R ? detail_gemm::Slice<T>{a + (ic + is) * a_rs + pc, a_rs, 1}
+                                              : detail_gemm::Slice<T>{packed_a + is * kc, 1, R};
+          };
           for (std::ptrdiff_t js = 0; js < nc; js += N)
             for (std::ptrdiff_t is = 0; is < mc; is += R)
-              detail_gemm::tile<Arch, T>(kc, packed_a + is * kc, panel(js), panel_stride(js), alpha, add,
-                                         c + (ic + is) * ldc + jc + js, ldc, std::min(R, mc - is),
-                                         std::min(N, nc - js));
+              detail_gemm::tile<Arch, T>(kc, a_strip(is), b_panel(js), alpha, add, c + (ic + is) * ldc + jc + js, ldc,
+                                         std::min(R, mc - is), std::min(N, nc - js));
         }
       }
     }

@@ -482,6 +482,29 @@ inline T reduce_add(const xsimd::batch<T, Arch>& v) noexcept {
   return detail::reduce<Arch, T, detail::reduction::add>(v);
 }
 
+// ---- fused multiply-add ------------------------------------------------------------------------
+
+// a * b + c with one rounding. xsimd 8.1 has no AVX-512 fma: on avx512f/bw its xsimd::fma is
+// a multiply and an add (two roundings, two instructions, and -ffp-contract=off keeps them
+// apart), so AVX-512 goes straight to the intrinsics; FMA3 architectures get xsimd's own.
+// Elsewhere (no FMA instruction) it is a multiply and an add.
+template <class Arch, class T>
+inline xsimd::batch<T, Arch> fma(const xsimd::batch<T, Arch>& a, const xsimd::batch<T, Arch>& b,
+                                 const xsimd::batch<T, Arch>& c) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (arch_traits::has_avx512<Arch>() && std::is_same_v<T, float>) {
+    const __m512 a_reg = a.data, b_reg = b.data, c_reg = c.data;
+    return _mm512_fmadd_ps(a_reg, b_reg, c_reg);
+  } else if constexpr (arch_traits::has_avx512<Arch>() && std::is_same_v<T, double>) {
+    const __m512d a_reg = a.data, b_reg = b.data, c_reg = c.data;
+    return _mm512_fmadd_pd(a_reg, b_reg, c_reg);
+  } else
+#endif
+  {
+    return xsimd::fma(a, b, c);
+  }
+}
+
 // ---- rounding barrier -------------------------------------------------------------------------
 
 // Returns `value` unchanged, but the compiler can no longer see that it is a product, so it
