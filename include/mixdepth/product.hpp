@@ -13,8 +13,8 @@
 // (as with noalias()). The arena is rewound before returning; with a null arena the packing
 // buffers come from a local one (which allocates).
 //
-// The kernel runs wherever Eigen 3.4 would run its own GEMM kernel, and is about 1.3-1.8x
-// faster than it on AVX-512 (bench: BM_Product beside BM_EigenProduct). Products Eigen
+// The kernel runs wherever Eigen 3.4 would run its own GEMM kernel, and is faster than it
+// (bench/README.md: BM_Product beside BM_EigenProduct). Products Eigen
 // evaluates otherwise (tiny ones coefficient by coefficient, one row or column through
 // GEMV, an empty inner dimension) stay Eigen's: they need no heap memory.
 //

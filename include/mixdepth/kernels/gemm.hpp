@@ -6,10 +6,13 @@
 // b[p * b_rs + j * b_cs] (so a transposed operand is only a swap of its two strides); C is
 // m x n, row-major, with row stride ldc. C must not overlap A or B.
 //
-// On an xsimd architecture the product is blocked as usual for caches: B is packed in panels
-// of `tile::cols` columns and up to `kc` rows, A in strips of `tile::rows` rows, and a register
-// tile of rows x cols accumulates with fused multiply-adds (AVX-512: 6 x 64 floats in 24
-// registers). Plain loops (scalar_arch) run i-p-j with one multiply-add per element.
+// On an xsimd architecture the product is blocked for caches in panels of up to `kc` rows of
+// depth and `nc` columns of B, and `mc` rows of A, and a register tile of rows x cols
+// accumulates with fused multiply-adds (AVX-512: 6 x 64 floats in 24 registers; 6 x 16 on
+// AVX2). Operands whose rows are contiguous (the layers' row-major activations and weights)
+// are read in place; a transposed operand, and the last partial strip or panel, are packed
+// first (zero-padded to a whole tile). Plain loops (scalar_arch) run i-p-j with one
+// multiply-add per element and no blocking.
 //
 // Rounding: C(i, j) is a function of row i of A, column j of B and k alone (zero-padding
 // makes the edge tiles accumulate in the same order as full ones): the same row gives the
