@@ -146,7 +146,9 @@ TEST_CASE_TEMPLATE("kernel gemm: a coefficient depends on its row, its column an
     const Operands<T> o = make_operands<T>(rng, m, n, k, false, false);
     for_each_arch([&](auto arch) {
       using Arch = decltype(arch);
-      const std::vector<T> full = run<Arch>(o, T(1), false, std::vector<T>(std::size_t(m * n)), n);
+      // alpha != 1 and, at k = 600 (float), two panels of depth: the second adds alpha acc to C.
+      const T alpha = T(-0.375);
+      const std::vector<T> full = run<Arch>(o, alpha, false, std::vector<T>(std::size_t(m * n)), n);
       // A window of rows and columns that starts off every tile boundary.
       const std::ptrdiff_t i0 = 1 + std::ptrdiff_t(rng() % std::uint64_t(m - 1)), j0 = 1 + std::ptrdiff_t(rng() % std::uint64_t(n - 1));
       const std::ptrdiff_t mm = std::min<std::ptrdiff_t>(m - i0, 11), nn = std::min<std::ptrdiff_t>(n - j0, 37);
@@ -154,7 +156,7 @@ TEST_CASE_TEMPLATE("kernel gemm: a coefficient depends on its row, its column an
       part.m = mm, part.n = nn;
       part.a.assign(o.a.begin() + i0 * o.a_rs, o.a.end());
       part.b.assign(o.b.begin() + j0, o.b.end());
-      const std::vector<T> window = run<Arch>(part, T(1), false, std::vector<T>(std::size_t(mm * nn)), nn);
+      const std::vector<T> window = run<Arch>(part, alpha, false, std::vector<T>(std::size_t(mm * nn)), nn);
       bool same = true;
       for (std::ptrdiff_t i = 0; i < mm; ++i)
         for (std::ptrdiff_t j = 0; j < nn; ++j)

@@ -87,7 +87,7 @@ void gemm_product(Dst& dst, const Lhs& a_lhs, const Rhs& a_rhs, typename Dst::Sc
   const T* r_data = rhs.data();
   Index m = dst.rows(), n = dst.cols();
   const Index k = lhs.cols();
-  Index ldc = dst.outerStride();
+  const Index ldc = dst.outerStride();
   if constexpr (!bool(Dst::Flags & Eigen::RowMajorBit)) {
     // A column-major dst is the row-major transpose: dst^T = rhs^T lhs^T.
     std::swap(m, n);

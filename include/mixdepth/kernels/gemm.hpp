@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <type_traits>
 
 #include "arch.hpp"
 #include "simd_shim.hpp"
@@ -141,6 +142,8 @@ void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool a
       for (int v = 0; v < V; ++v) acc[i][v] = shim::fma<Arch>(ai, b[v], acc[i][v]);
     }
   }
+  // alpha * acc is rounded before it is added to C, in both paths below, whatever the
+  // compiler's contraction flags: full and edge tiles must round alike.
   const batch scale(alpha);
   if (height == R && width == N) {
 #pragma GCC unroll 8
@@ -148,7 +151,7 @@ void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool a
 #pragma GCC unroll 8
       for (int v = 0; v < V; ++v) {
         T* out = c + i * ldc + v * L;
-        const batch scaled = acc[i][v] * scale;
+        const batch scaled = shim::rounded<Arch>(acc[i][v] * scale);
         (add ? batch::load_unaligned(out) + scaled : scaled).store_unaligned(out);
       }
     return;
@@ -157,7 +160,7 @@ void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool a
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) (acc[i][v] * scale).store_aligned(spill + i * N + v * L);
+    for (int v = 0; v < V; ++v) shim::rounded<Arch>(acc[i][v] * scale).store_aligned(spill + i * N + v * L);
   for (std::ptrdiff_t i = 0; i < height; ++i) {
     T* out = c + i * ldc;
     const T* in = spill + i * N;
@@ -176,6 +179,7 @@ template <class Arch, class T>
 void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T* a, std::ptrdiff_t a_rs,
           std::ptrdiff_t a_cs, const T* b, std::ptrdiff_t b_rs, std::ptrdiff_t b_cs, bool accumulate, T* c,
           std::ptrdiff_t ldc, T* work) noexcept {
+  static_assert(std::is_floating_point_v<T>, "kernels::gemm: float or double");
   using Blocking = gemm_blocking<Arch, T>;
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
