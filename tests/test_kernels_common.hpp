@@ -104,6 +104,15 @@ std::vector<T> make_scores(std::mt19937_64& rng, std::ptrdiff_t n, distribution 
   return s;
 }
 
+// n values drawn from a standard normal distribution.
+template <class T>
+std::vector<T> normal_values(std::mt19937_64& rng, std::ptrdiff_t n) {
+  std::normal_distribution<double> normal;
+  std::vector<T> v(static_cast<std::size_t>(n));
+  for (auto& x : v) x = static_cast<T>(normal(rng));
+  return v;
+}
+
 // Bitwise equality (tells -0.0 from +0.0, compares NaN payloads).
 template <class T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {

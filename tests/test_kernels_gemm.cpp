@@ -18,14 +18,6 @@ namespace {
 template <class T>
 using wide_t = std::conditional_t<std::is_same_v<T, float>, double, long double>;
 
-template <class T>
-std::vector<T> normal_values(std::mt19937_64& rng, std::ptrdiff_t n) {
-  std::normal_distribution<double> normal;
-  std::vector<T> v(static_cast<std::size_t>(n));
-  for (auto& x : v) x = static_cast<T>(normal(rng));
-  return v;
-}
-
 // Operands in memory with their strides: A m x k, B k x n, either one stored transposed.
 template <class T>
 struct Operands {
@@ -36,25 +28,25 @@ struct Operands {
   T at_b(std::ptrdiff_t p, std::ptrdiff_t j) const { return b[std::size_t(p * b_rs + j * b_cs)]; }
 };
 
+// A rows x cols operand with random values, stored row by row or (transposed) column by
+// column, each stored line `pad` elements longer than it needs.
+template <class T>
+void store_operand(std::mt19937_64& rng, std::ptrdiff_t rows, std::ptrdiff_t cols, bool transposed,
+                   std::ptrdiff_t pad, std::vector<T>& values, std::ptrdiff_t& row_stride,
+                   std::ptrdiff_t& col_stride) {
+  const std::ptrdiff_t lines = transposed ? cols : rows, line = (transposed ? rows : cols) + pad;
+  values = normal_values<T>(rng, std::max<std::ptrdiff_t>(lines, 1) * line);
+  row_stride = transposed ? 1 : line;
+  col_stride = transposed ? line : 1;
+}
+
 template <class T>
 Operands<T> make_operands(std::mt19937_64& rng, std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k,
                           bool a_transposed, bool b_transposed) {
   Operands<T> o{m, n, k, {}, {}, 0, 0, 0, 0};
   const std::ptrdiff_t pad = std::ptrdiff_t(rng() % 3);  // leading dimensions beyond the extent
-  if (a_transposed) {
-    o.a_rs = 1, o.a_cs = m + pad;
-    o.a = normal_values<T>(rng, std::max<std::ptrdiff_t>(k, 1) * (m + pad));
-  } else {
-    o.a_rs = k + pad, o.a_cs = 1;
-    o.a = normal_values<T>(rng, std::max<std::ptrdiff_t>(m, 1) * (k + pad));
-  }
-  if (b_transposed) {
-    o.b_rs = 1, o.b_cs = k + pad;
-    o.b = normal_values<T>(rng, std::max<std::ptrdiff_t>(n, 1) * (k + pad));
-  } else {
-    o.b_rs = n + pad, o.b_cs = 1;
-    o.b = normal_values<T>(rng, std::max<std::ptrdiff_t>(k, 1) * (n + pad));
-  }
+  store_operand(rng, m, k, a_transposed, pad, o.a, o.a_rs, o.a_cs);
+  store_operand(rng, k, n, b_transposed, pad, o.b, o.b_rs, o.b_cs);
   return o;
 }
 

@@ -15,18 +15,10 @@ using namespace mixdepth::kernels_testing;
 
 namespace {
 
-template <class T>
-std::vector<T> random_values(std::mt19937_64& rng, std::ptrdiff_t n) {
-  std::normal_distribution<double> normal;
-  std::vector<T> v(static_cast<std::size_t>(n));
-  for (auto& x : v) x = static_cast<T>(normal(rng));
-  return v;
-}
-
 // Values whose sums round: specials where they keep bit patterns interesting.
 template <class T>
 std::vector<T> special_values(std::mt19937_64& rng, std::ptrdiff_t n) {
-  auto v = random_values<T>(rng, n);
+  auto v = normal_values<T>(rng, n);
   const T specials[] = {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
                         -std::numeric_limits<T>::infinity(), T(0), T(-0.0), std::numeric_limits<T>::denorm_min(),
                         T(1e30), T(-1e-30)};
@@ -45,8 +37,8 @@ TEST_CASE_TEMPLATE("kernel router_scores equals x w + bias in double precision, 
   for (std::ptrdiff_t d : widths) {
     for (std::ptrdiff_t rows : {1, 2, 3, 4, 5, 7, 8, 9, 13}) {
       const std::ptrdiff_t stride = d + std::ptrdiff_t(rng() % 5);  // strided rows too
-      const auto x = random_values<T>(rng, rows * stride);
-      const auto w = random_values<T>(rng, d);
+      const auto x = normal_values<T>(rng, rows * stride);
+      const auto w = normal_values<T>(rng, d);
       const T bias = T(0.25);
       std::vector<double> reference(static_cast<std::size_t>(rows));
       std::vector<double> magnitude(static_cast<std::size_t>(rows));  // sum |x_i w_i|, the error scale
