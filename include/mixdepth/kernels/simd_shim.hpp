@@ -427,7 +427,8 @@ inline T reduce(const xsimd::batch<T, Arch>& v) noexcept {
       }
     };
     batch m = v;
-    for (int step = int(lanes) / 2; step >= 1; step /= 2) m = fold(m, step);
+#pragma GCC unroll 8
+    for (int step = int(lanes) / 2; step >= 1; step /= 2) m = fold(m, step);  // constant steps
     T lane[lanes];
     m.store_unaligned(lane);
     return lane[0];

@@ -375,17 +375,22 @@ struct passes<T, Arch, tier> {
   }
 
   static void count_above(const key* src, std::ptrdiff_t n, const key* pivot, std::ptrdiff_t* counts) noexcept {
+    // Unrolled at every optimisation level, so the counters live in registers (at -O2 GCC
+    // keeps a counted loop over them rolled, and the arrays in memory).
     keys p[pivots], c[pivots];
+#pragma GCC unroll 16
     for (int b = 0; b < pivots; ++b) {
       p[b] = keys(pivot[b]);
       c[b] = keys(0);
     }
     auto step = [&](const keys& k) {
+#pragma GCC unroll 16
       for (int b = 0; b < pivots; ++b) c[b] = count_if(c[b], k > p[b]);
     };
     std::ptrdiff_t i = 0;
     for (; i + width <= n; i += width) step(load(src + i));
     if (i < n) step(load_partial(src + i, n - i, keys_of_t::sentinel));
+#pragma GCC unroll 16
     for (int b = 0; b < pivots; ++b) counts[b] = std::ptrdiff_t(shim::reduce_add<Arch>(c[b]));
   }
 
@@ -663,9 +668,11 @@ struct search {
 // Writes the positions of the k highest-ranked of scores[0, n) to out[0, k), ascending: the
 // same output as top_k_portable (positions >= valid are padding). Requires 0 <= k <= n,
 // 0 <= valid <= n, n < 2^31, and `scratch` with top_k_scratch_size<T>(n) keys.
+// Flattened: the passes, their lambdas and the shim's helpers inline into it at -O2 as they
+// do at -O3 (GCC's -O2 inlining limits would otherwise leave calls in the inner loops).
 template <class Arch, class T>
-void top_k(const T* scores, std::ptrdiff_t n, std::ptrdiff_t valid, std::ptrdiff_t k, std::int32_t* out,
-           rank_key_t<T>* scratch) noexcept {
+[[gnu::flatten]] void top_k(const T* scores, std::ptrdiff_t n, std::ptrdiff_t valid, std::ptrdiff_t k,
+                            std::int32_t* out, rank_key_t<T>* scratch) noexcept {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
   (void)n;
   if (k <= 0) return;
