@@ -310,7 +310,11 @@ struct passes<T, Arch, tier> {
   // Over scores, for a bracket of numbers of one sign, compared as numbers: within it keys
   // are the bits themselves (positive) or minus their magnitude (negative), so no key
   // computation for the lanes outside. Other brackets take the general pass.
-  static bracket_counts<key> bracket_scores(const T* scores, std::ptrdiff_t n, key lo, key hi, key* dst) noexcept {
+  // Out of line and flattened, as write_positions: each is one call per top-k, and keeping
+  // their three variants out of the flattened top_k keeps it small (GCC's variable tracking
+  // gives up on it in sanitizer builds otherwise).
+  [[gnu::noinline, gnu::flatten]] static bracket_counts<key> bracket_scores(const T* scores, std::ptrdiff_t n,
+                                                                            key lo, key hi, key* dst) noexcept {
     const bool numbers = lo >= -keys_of_t::infinity_bits && hi <= keys_of_t::infinity_bits;
     // A NaN fill is neither above nor inside in either compare below.
     auto tail_of = [](const T* p, std::ptrdiff_t count) {
@@ -454,8 +458,9 @@ struct passes<T, Arch, tier> {
   // Positions of the keys above the threshold plus the first `ties` equal to it, compared as
   // numbers: no key computation. A NaN threshold: "above" is every number, "equal" every NaN.
   // every_tie: the ties are all the keys equal to the threshold, so take keys >= it.
-  static void write_positions(const T* scores, std::ptrdiff_t n, key threshold, std::ptrdiff_t ties, bool every_tie,
-                              std::int32_t* out, std::ptrdiff_t k) noexcept {
+  [[gnu::noinline, gnu::flatten]] static void write_positions(const T* scores, std::ptrdiff_t n, key threshold,
+                                                               std::ptrdiff_t ties, bool every_tie, std::int32_t* out,
+                                                               std::ptrdiff_t k) noexcept {
     if (threshold == keys_of_t::nan_key)
       write_positions_as<true, false>(scores, n, values(T(0)), ties, out, k);
     else if (every_tie)
@@ -562,11 +567,17 @@ struct search {
       greater += r.greater_than_first;
       return found(r.first, r.equal_to_first);
     }
-    // Only after many levels on adversarial inputs.
+    return found(select_rank(a, n, rank, greater));
+  }
+
+  // Only after many levels on adversarial inputs: out of line, so top_k's flattening leaves
+  // std::nth_element's code where it is.
+  [[gnu::noinline]] static key select_rank(key* a, std::ptrdiff_t n, std::ptrdiff_t rank,
+                                           std::ptrdiff_t& greater) noexcept {
     std::nth_element(a, a + (rank - 1), a + n, descending<Arch>{});
     const key value = a[rank - 1];
     for (std::ptrdiff_t i = 0; i < rank - 1; ++i) greater += a[i] > value;
-    return found(value);
+    return value;
   }
 
   static std::ptrdiff_t sample_size(std::ptrdiff_t n) noexcept {
@@ -669,7 +680,8 @@ struct search {
 // same output as top_k_portable (positions >= valid are padding). Requires 0 <= k <= n,
 // 0 <= valid <= n, n < 2^31, and `scratch` with top_k_scratch_size<T>(n) keys.
 // Flattened: the passes, their lambdas and the shim's helpers inline into it at -O2 as they
-// do at -O3 (GCC's -O2 inlining limits would otherwise leave calls in the inner loops).
+// do at -O3 (GCC's -O2 inlining limits would otherwise leave calls in the inner loops),
+// except the out-of-line bracket_scores, write_positions and select_rank.
 template <class Arch, class T>
 [[gnu::flatten]] void top_k(const T* scores, std::ptrdiff_t n, std::ptrdiff_t valid, std::ptrdiff_t k,
                             std::int32_t* out, rank_key_t<T>* scratch) noexcept {
