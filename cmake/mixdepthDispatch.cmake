@@ -10,7 +10,8 @@
 #
 # `my_kernels` is a static library of one translation unit per architecture, each compiled
 # with that architecture's flags (no flags and MIXDEPTH_FORCE_SCALAR for `scalar`;
-# -mavx2 -mfma -mpopcnt for `avx2`; AVX-512 F/CD/BW/DQ/VL plus those for `avx512`), and a
+# -mavx2 -mfma -mpopcnt for `avx2`; AVX-512 F/CD/BW/DQ/VL plus those for `avx512`; and VBMI2
+# too for `avx512vbmi2`), and a
 # dispatcher unit compiled without flags that defines mixdepth::kernels::runtime::active(),
 # compiled() and supported() (see include/mixdepth/kernels/dispatch.hpp): active() picks,
 # once and thread-safely, the best unit the CPU runs (__builtin_cpu_supports). The library
@@ -19,9 +20,11 @@
 # active(). Compile the rest of the program for the oldest CPU it must run on.
 #
 # Options:
-#   ARCHS <arch>...  the units, among avx512 avx2 scalar (default: all that the target
-#                    processor and the compiler support; scalar is always added, as the
-#                    fallback). avx2 and avx512 exist on x86-64 only.
+#   ARCHS <arch>...  the units, among avx512vbmi2 avx512 avx2 scalar (default: all that the
+#                    target processor and the compiler support; scalar is always added, as
+#                    the fallback). All but scalar exist on x86-64 only. avx512vbmi2 is the
+#                    avx512 unit plus VBMI2 (Ice Lake, Zen 4 and later), whose byte compress
+#                    the top-k's last pass uses.
 # The function also sets the target property MIXDEPTH_DISPATCH_ARCHS (the units, best first).
 #
 # Rules:
@@ -57,7 +60,11 @@ function(mixdepth_add_dispatch_library target)
 
   # Per architecture: flags, the xsimd tag, the top-k tier it must reach, the CPU features
   # (names for __builtin_cpu_supports), in order from best to worst.
-  set(known avx512 avx2 scalar)
+  set(known avx512vbmi2 avx512 avx2 scalar)
+  set(avx512vbmi2_flags -mavx512vbmi2 -mavx512f -mavx512cd -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma -mpopcnt)
+  set(avx512vbmi2_type "mixdepth::kernels::avx512vbmi2")
+  set(avx512vbmi2_tier avx512)
+  set(avx512vbmi2_features avx512vbmi2 avx512f avx512cd avx512bw avx512dq avx512vl avx2 fma popcnt)
   set(avx512_flags -mavx512f -mavx512cd -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma -mpopcnt)
   set(avx512_type "xsimd::avx512bw")
   set(avx512_tier avx512)
@@ -77,7 +84,7 @@ function(mixdepth_add_dispatch_library target)
     set(explicit FALSE)
     set(requested scalar)
     if(x86_64)
-      list(APPEND requested avx512 avx2)
+      list(APPEND requested avx512vbmi2 avx512 avx2)
     endif()
   endif()
   foreach(arch IN LISTS requested)

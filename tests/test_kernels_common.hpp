@@ -37,6 +37,9 @@ void for_each_arch(F&& f) {
 #if XSIMD_WITH_AVX512BW
   f(xsimd::avx512bw{});
 #endif
+#if MIXDEPTH_WITH_AVX512VBMI2
+  f(kernels::avx512vbmi2{});
+#endif
 #endif
 }
 
@@ -56,13 +59,15 @@ enum class distribution {
   denormals,
   wide_range,  // magnitudes from 1e-30 to 1e30: keys far from uniform
   specials,    // a mix of all of the above
+  negatives,   // every value below -1: brackets of negative numbers only
   count
 };
 
 inline const char* name_of(distribution d) {
   constexpr const char* names[] = {"normal",     "sorted",     "reversed",     "all_equal",    "two_values",
                                    "four_values", "sixteen_values", "some_nan", "half_nan",     "all_nan",
-                                   "infinities", "signed_zeros", "denormals",   "wide_range",   "specials"};
+                                   "infinities", "signed_zeros", "denormals",   "wide_range",   "specials",
+                                   "negatives"};
   return names[int(d)];
 }
 
@@ -97,6 +102,7 @@ std::vector<T> make_scores(std::mt19937_64& rng, std::ptrdiff_t n, distribution 
         v = p < 50 ? special[p % 10] : v;
         break;
       }
+      case distribution::negatives: v = T(-1) - std::abs(v); break;
       case distribution::count: break;
     }
     s[static_cast<std::size_t>(i)] = v;
@@ -132,7 +138,7 @@ bool same_values(const std::vector<T>& a, const std::vector<T>& b) {
 }
 
 // How many architectures for_each_arch visits in this build (1 with MIXDEPTH_FORCE_SCALAR,
-// 4 with -mavx2 -mfma, 6 with AVX-512): tests check that every case ran on every one.
+// 4 with -mavx2 -mfma, 6 with AVX-512, 7 with VBMI2 too): tests check that every case ran on every one.
 inline long arch_count() {
   long n = 0;
   for_each_arch([&](auto) { ++n; });

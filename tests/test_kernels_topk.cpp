@@ -1,6 +1,6 @@
 // The SIMD top-k against top_k_portable, bit for bit, on every architecture this build can
 // run: sizes 1..70000 (every vector-width boundary for small sizes), all k for small sizes
-// and a spread of k for large ones, fifteen distributions, with and without padding.
+// and a spread of k for large ones, sixteen distributions, with and without padding.
 #include "test_kernels_common.hpp"
 
 #include <mixdepth/kernels/order_key.hpp>

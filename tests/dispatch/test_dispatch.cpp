@@ -67,8 +67,9 @@ std::string expected_arch(const std::set<std::string>& flags, const std::set<std
       if (!flags.count(n)) return false;
     return true;
   };
-  if (compiled.count("avx512bw") && has({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "popcnt"}))
-    return "avx512bw";
+  const bool avx512 = has({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "popcnt"});
+  if (compiled.count("avx512vbmi2") && avx512 && has({"avx512_vbmi2"})) return "avx512vbmi2";
+  if (compiled.count("avx512bw") && avx512) return "avx512bw";
   if (compiled.count("fma3+avx2") && has({"avx2", "fma", "popcnt"})) return "fma3+avx2";
   return "scalar";
 }
@@ -161,7 +162,7 @@ TEST_CASE("dispatch: the library lists its tables, best first, the scalar one la
   kernel_table foreign = *tables.back();
   foreign.name = "foreign";
   CHECK_FALSE(runtime::supported(foreign));
-  // What CMake compiled (MIXDEPTH_TEST_DISPATCH_ARCHS: avx512;avx2;scalar on x86-64).
+  // What CMake compiled (MIXDEPTH_TEST_DISPATCH_ARCHS: avx512vbmi2;avx512;avx2;scalar on x86-64).
   CHECK(tables.size() == std::size_t(MIXDEPTH_TEST_DISPATCH_COUNT));
 }
 
@@ -200,7 +201,7 @@ TEST_CASE("dispatch: active() is the best table this CPU runs, by /proc/cpuinfo"
   if (const char* want = std::getenv("MIXDEPTH_TEST_EXPECT_ARCH"))
     CHECK(std::string(active.arch) == want);
   else if (flags.count("avx512bw") && flags.count("avx512vl") && flags.count("avx512dq"))
-    CHECK(std::string(active.arch) == "avx512bw");
+    CHECK(std::string(active.arch) == (flags.count("avx512_vbmi2") ? "avx512vbmi2" : "avx512bw"));
 #endif
 }
 

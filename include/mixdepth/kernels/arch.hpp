@@ -12,6 +12,38 @@
 
 #include <xsimd/xsimd.hpp>
 
+// AVX-512 with VBMI2 (byte compress) in this unit's flags.
+#if XSIMD_WITH_AVX512BW && defined(__AVX512VBMI2__)
+#define MIXDEPTH_WITH_AVX512VBMI2 1
+#else
+#define MIXDEPTH_WITH_AVX512VBMI2 0
+#endif
+
+namespace mixdepth::kernels {
+
+// AVX-512 BW plus VBMI2, whose byte compress packs the positions of 64 lanes at once (the
+// top-k's last pass). xsimd 8.1 has no tag for it; this one derives from xsimd::avx512bw, so
+// every xsimd operation takes avx512bw's code, while mixdepth's kernels get instantiations
+// (and symbols) of their own: a unit compiled without VBMI2 never receives this code.
+struct avx512vbmi2 : xsimd::avx512bw {
+  static constexpr bool supported() noexcept { return MIXDEPTH_WITH_AVX512VBMI2; }
+  static constexpr bool available() noexcept { return true; }
+  static constexpr unsigned version() noexcept { return xsimd::generic::version(3, 4, 1); }
+  static constexpr const char* name() noexcept { return "avx512vbmi2"; }
+};
+
+}  // namespace mixdepth::kernels
+
+#if MIXDEPTH_WITH_AVX512VBMI2
+namespace xsimd::types {
+template <class T>
+struct get_bool_simd_register<T, mixdepth::kernels::avx512vbmi2> {
+  using type = simd_avx512_bool_register<T>;
+};
+XSIMD_DECLARE_SIMD_REGISTER_ALIAS(mixdepth::kernels::avx512vbmi2, avx512bw);
+}  // namespace xsimd::types
+#endif
+
 namespace mixdepth::kernels {
 
 // Code without SIMD: every kernel has a plain-loop version under this tag. The tag still
@@ -31,6 +63,8 @@ inline constexpr bool is_scalar_arch<basic_scalar_arch<Isa>> = true;
 
 #if defined(MIXDEPTH_FORCE_SCALAR)
 using static_arch = scalar_arch;
+#elif MIXDEPTH_WITH_AVX512VBMI2
+using static_arch = avx512vbmi2;
 #else
 using static_arch = std::conditional_t<std::is_same_v<xsimd::default_arch, xsimd::unavailable>,
                                        scalar_arch, xsimd::default_arch>;
@@ -50,6 +84,14 @@ template <class Arch>
 constexpr bool has_avx512() {
   if constexpr (is_xsimd<Arch>())
     return std::is_base_of_v<xsimd::avx512f, Arch>;
+  else
+    return false;
+}
+
+template <class Arch>
+constexpr bool has_byte_compress() {
+  if constexpr (is_xsimd<Arch>())
+    return std::is_base_of_v<avx512vbmi2, Arch>;
   else
     return false;
 }

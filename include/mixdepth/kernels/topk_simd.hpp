@@ -11,7 +11,9 @@
 //   level 0, over the scores: order statistics of a small spread sample give a bracket
 //     [lo, hi] that holds the threshold with high probability; one vector pass counts the
 //     keys above hi and compresses the keys inside [lo, hi] into scratch. A miss (the
-//     threshold is outside) costs one more pass that keeps the side holding it.
+//     threshold is outside) costs one more pass that keeps the side holding it. When the
+//     bracket holds only numbers (the usual case), "inside" is one unsigned compare and
+//     "above" one more, or none when hi is +inf or above (k small next to the sample).
 //   later levels, over compressed keys: one pass finds min and max (all equal: done, the
 //     heavy-ties exit), one pass counts the keys above each of P pivots spread evenly over
 //     [min, max] (P masked adds per vector, no branches), and one pass compresses the bucket
@@ -21,7 +23,9 @@
 //     vector compares, O(m^2 / width), again without data-dependent branches.
 // Rank 1 is a horizontal max. A last pass over the scores writes the positions whose key is
 // above the threshold plus the first (lowest-position) ties, already ascending, and stops
-// after k. The search is symmetric in rank, so k > S/2 costs what k < S/2 does.
+// after k; with AVX-512 VBMI2 one byte compress packs the positions of 64 lanes (a quarter
+// of the compresses and stores). The search is symmetric in rank, so k > S/2 costs what
+// k < S/2 does.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -254,12 +258,13 @@ struct passes<T, Arch, tier> {
     key_mask inside;
   };
 
-  // Counts the keys > hi and compresses the keys in [lo, hi] to dst (room for n + width),
-  // with track_range their min and max for the next level (else the range is empty, min >
-  // max: the next level finds it; the first pass is the longest, so it skips the work). `classify(p)` reads a whole vector at p;
+  // Counts the keys > hi (without counting_above: none are, and it returns 0) and compresses
+  // the keys in [lo, hi] to dst (room for n + width), with track_range their min and max for
+  // the next level (else the range is empty, min > max: the next level finds it; the first
+  // pass is the longest, so it skips the work). `classify(p)` reads a whole vector at p;
   // `classify_tail(p, count)` the last `count` < width elements. Two vectors per step: the
   // compress and store of one overlap with the other's.
-  template <bool track_range, class S, class Classify, class ClassifyTail>
+  template <bool track_range, bool counting_above = true, class S, class Classify, class ClassifyTail>
   static bracket_counts<key> bracket_pass(const S* src, std::ptrdiff_t n, key* dst, Classify classify,
                                           ClassifyTail classify_tail) noexcept {
     keys above0(0), above1(0), min0(keys_of_t::highest), max0(keys_of_t::sentinel), min1 = min0, max1 = max0;
@@ -267,8 +272,10 @@ struct passes<T, Arch, tier> {
     std::ptrdiff_t i = 0;
     for (; i + 2 * width <= n; i += 2 * width) {
       const classified c0 = classify(src + i), c1 = classify(src + i + width);
-      above0 = count_if(above0, c0.above);
-      above1 = count_if(above1, c1.above);
+      if constexpr (counting_above) {
+        above0 = count_if(above0, c0.above);
+        above1 = count_if(above1, c1.above);
+      }
       if constexpr (track_range) {
         min0 = shim::masked_min<Arch>(min0, c0.inside, c0.key_of_lane);
         max0 = shim::masked_max<Arch>(max0, c0.inside, c0.key_of_lane);
@@ -280,7 +287,7 @@ struct passes<T, Arch, tier> {
       inside += count0 + count1;
     }
     auto single = [&](const classified& c) {
-      above0 = count_if(above0, c.above);
+      if constexpr (counting_above) above0 = count_if(above0, c.above);
       if constexpr (track_range) {
         min0 = shim::masked_min<Arch>(min0, c.inside, c.key_of_lane);
         max0 = shim::masked_max<Arch>(max0, c.inside, c.key_of_lane);
@@ -292,77 +299,110 @@ struct passes<T, Arch, tier> {
       i += width;
     }
     if (i < n) single(classify_tail(src + i, n - i));
-    const key_range<key> range{shim::reduce_min<Arch>(shim::select<Arch>(min1 < min0, min1, min0)),
-                               shim::reduce_max<Arch>(shim::select<Arch>(max1 > max0, max1, max0))};
-    return {std::ptrdiff_t(shim::reduce_add<Arch>(above0 + above1)), inside, range};
+    key_range<key> range{keys_of_t::highest, keys_of_t::sentinel};
+    if constexpr (track_range)
+      range = {shim::reduce_min<Arch>(shim::select<Arch>(min1 < min0, min1, min0)),
+               shim::reduce_max<Arch>(shim::select<Arch>(max1 > max0, max1, max0))};
+    std::ptrdiff_t above = 0;
+    if constexpr (counting_above) above = std::ptrdiff_t(shim::reduce_add<Arch>(above0 + above1));
+    return {above, inside, range};
   }
 
-  // Over keys, or over scores whose keys are computed on the fly.
+  // Over keys, or over scores whose keys are computed on the fly; lo <= hi.
   template <class S>
   static bracket_counts<key> bracket(const S* src, std::ptrdiff_t n, key lo, key hi, key* dst) noexcept {
     const keys low(lo), high(hi);
-    auto from_keys = [&](const keys& k) { return classified{k, k > high, (k >= low) & (k <= high)}; };
+    const key span = span_of(lo, hi);
+    auto from_keys = [&](const keys& k) { return classified{k, k > high, in_span(k, low, span)}; };
     return bracket_pass<std::is_same_v<S, key>>(
         src, n, dst, [&](const S* p) { return from_keys(load(p)); },
         [&](const S* p, std::ptrdiff_t count) { return from_keys(load_partial(p, count, keys_of_t::sentinel)); });
   }
 
-  // Over scores, for a bracket of numbers of one sign, compared as numbers: within it keys
-  // are the bits themselves (positive) or minus their magnitude (negative), so no key
-  // computation for the lanes outside. Other brackets take the general pass.
-  // Out of line and flattened, as write_positions: each is one call per top-k, and keeping
-  // their three variants out of the flattened top_k keeps it small (GCC's variable tracking
-  // gives up on it in sanitizer builds otherwise).
+  // hi - lo as an unsigned difference (it overflows a signed one), for in_span.
+  static key span_of(key lo, key hi) noexcept {
+    return key(std::make_unsigned_t<key>(hi) - std::make_unsigned_t<key>(lo));
+  }
+  // Lanes whose key lies in [lo, lo + span]: one unsigned compare of k - lo (keys below lo
+  // wrap around to large unsigned values).
+  static key_mask in_span(const keys& k, const keys& lo, key span) noexcept {
+#if XSIMD_WITH_AVX512F
+    if constexpr (tier == top_k_tier::avx512) {
+      const __m512i offset = (k - lo).data;
+      if constexpr (sizeof(key) == 4)
+        return key_mask(_mm512_cmple_epu32_mask(offset, _mm512_set1_epi32(span)));
+      else
+        return key_mask(_mm512_cmple_epu64_mask(offset, _mm512_set1_epi64(span)));
+    } else
+#endif
+    {
+      // Unsigned order is signed order with the sign bits flipped.
+      const keys flip(std::numeric_limits<key>::min());
+      return ((k - lo) ^ flip) <= keys(key(span ^ std::numeric_limits<key>::min()));
+    }
+  }
+
+  // Over scores, for a bracket of numbers ([lo, hi] inside [-inf, +inf]; the usual case,
+  // since the sample rarely holds a NaN): one compare finds the lanes inside, one more the
+  // lanes above hi, none when hi is +inf or above (nothing is above; NaN's key is the
+  // lowest). Keys are computed with shifts and adds, no compares: for positive brackets they
+  // are the bits themselves (negative numbers have bits below 0, positive NaNs above +inf's).
+  // A NaN lane is never inside (its bits, or minus its magnitude, lie beyond +-inf) nor
+  // above (the compare with hi is on numbers). Brackets that hold NaN's key take the general
+  // pass. Out of line and flattened, as write_positions: one call per top-k, and keeping its
+  // variants out of the flattened top_k keeps that small (GCC's variable tracking gives up on
+  // it in sanitizer builds otherwise).
   [[gnu::noinline, gnu::flatten]] static bracket_counts<key> bracket_scores(const T* scores, std::ptrdiff_t n,
                                                                             key lo, key hi, key* dst) noexcept {
-    const bool numbers = lo >= -keys_of_t::infinity_bits && hi <= keys_of_t::infinity_bits;
-    // A NaN fill is neither above nor inside in either compare below.
+    constexpr key infinity = keys_of_t::infinity_bits;
+    if (lo < -infinity || lo > infinity) return bracket(scores, n, lo, hi, dst);
+    if (lo > 0)
+      return hi < infinity ? bracket_numbers<true, true>(scores, n, lo, hi, dst)
+                           : bracket_numbers<true, false>(scores, n, lo, infinity, dst);
+    return hi < infinity ? bracket_numbers<false, true>(scores, n, lo, hi, dst)
+                         : bracket_numbers<false, false>(scores, n, lo, infinity, dst);
+  }
+
+  template <bool positive, bool bounded>
+  static bracket_counts<key> bracket_numbers(const T* scores, std::ptrdiff_t n, key lo, key hi, key* dst) noexcept {
+    const keys low(lo);
+    const key span = span_of(lo, hi);
+    const values high_value(value_of(hi));
+    constexpr int sign_shift = int(8 * sizeof(key)) - 1;
+    auto classify_values = [&](const values& v) {
+      const keys bits = xsimd::bitwise_cast<keys>(v);
+      keys k = bits;
+      if constexpr (!positive) {
+        // minus the magnitude for negative numbers: (m ^ s) - s with s = 0 or -1.
+        const keys sign = keys(0) - xsimd::bitwise_cast<keys>(xsimd::bitwise_cast<xsimd::batch<std::make_unsigned_t<key>, Arch>>(bits) >> sign_shift);
+        k = ((bits & keys(keys_of_t::magnitude_mask)) ^ sign) - sign;
+      }
+      const key_mask above = bounded ? xsimd::bool_cast(v > high_value) : key_mask(false);
+      return classified{k, above, in_span(k, low, span)};
+    };
+    // A NaN fill is neither above nor inside.
     auto tail_of = [](const T* p, std::ptrdiff_t count) {
       const keys lane_index = keys::load_unaligned(lane_indices.data());
       const auto beyond = xsimd::bool_cast(lane_index >= keys(key(count)));
       return xsimd::select(beyond, values(std::numeric_limits<T>::quiet_NaN()), shim::load_first<Arch>(p, count));
     };
-    if (numbers && lo > 0) {
-      // Positive NaNs have bits above hi (<= +inf's), negative numbers and NaNs bits below 0.
-      const values high_value(value_of(hi));
-      const keys low(lo), high(hi);
-      auto positive = [&](const values& v) {
-        const keys bits = xsimd::bitwise_cast<keys>(v);
-        return classified{bits, xsimd::bool_cast(v > high_value), (bits >= low) & (bits <= high)};
-      };
-      return bracket_pass<false>(
-          scores, n, dst, [&](const T* p) { return positive(values::load_unaligned(p)); },
-          [&](const T* p, std::ptrdiff_t count) { return positive(tail_of(p, count)); });
-    }
-    if (numbers && hi < 0) {
-      // NaN compares false; -0.0 lies above hi < 0 as a number too.
-      const values low_value(value_of(lo)), high_value(value_of(hi));
-      const keys magnitude_mask(keys_of_t::magnitude_mask);
-      auto negative = [&](const values& v) {
-        const keys bits = xsimd::bitwise_cast<keys>(v);
-        return classified{keys(0) - (bits & magnitude_mask), xsimd::bool_cast(v > high_value),
-                          xsimd::bool_cast((v >= low_value) & (v <= high_value))};
-      };
-      return bracket_pass<false>(
-          scores, n, dst, [&](const T* p) { return negative(values::load_unaligned(p)); },
-          [&](const T* p, std::ptrdiff_t count) { return negative(tail_of(p, count)); });
-    }
-    return bracket(scores, n, lo, hi, dst);
+    return bracket_pass<false, bounded>(
+        scores, n, dst, [&](const T* p) { return classify_values(values::load_unaligned(p)); },
+        [&](const T* p, std::ptrdiff_t count) { return classify_values(tail_of(p, count)); });
   }
 
   static key_range<key> range(const key* src, std::ptrdiff_t n) noexcept {
     keys low(keys_of_t::highest), high(keys_of_t::sentinel);
+    const key_mask every(true);  // plain min and max (vpmins/vpmaxs on AVX-512)
     std::ptrdiff_t i = 0;
     for (; i + width <= n; i += width) {
       const keys k = load(src + i);
-      low = shim::select<Arch>(k < low, k, low);
-      high = shim::select<Arch>(k > high, k, high);
+      low = shim::masked_min<Arch>(low, every, k);
+      high = shim::masked_max<Arch>(high, every, k);
     }
     if (i < n) {
-      low = shim::select<Arch>(load_partial(src + i, n - i, keys_of_t::highest) < low,
-                               load_partial(src + i, n - i, keys_of_t::highest), low);
-      const keys k = load_partial(src + i, n - i, keys_of_t::sentinel);
-      high = shim::select<Arch>(k > high, k, high);
+      low = shim::masked_min<Arch>(low, every, load_partial(src + i, n - i, keys_of_t::highest));
+      high = shim::masked_max<Arch>(high, every, load_partial(src + i, n - i, keys_of_t::sentinel));
     }
     return {shim::reduce_min<Arch>(low), shim::reduce_max<Arch>(high)};
   }
@@ -510,7 +550,20 @@ struct passes<T, Arch, tier> {
       store_bits(with_ties(shim::mask_bits<Arch>(above(v)), shim::mask_bits<Arch>(equal(v))), i);
       if (written >= k) return;
     }
-    // Then only the keys above, two vectors per step while both stores fit.
+    // Then only the keys above, exactly k - written of them from here on. With byte
+    // compress, 64 lanes per step.
+    if constexpr (arch_traits::has_byte_compress<Arch>()) {
+      constexpr std::ptrdiff_t block = 64, vectors = block / width;
+      for (; i + block <= n && written < k; i += block) {
+        std::uint64_t bits = 0;
+#pragma GCC unroll 8
+        for (std::ptrdiff_t v = 0; v < vectors; ++v)
+          bits |= std::uint64_t(shim::mask_bits<Arch>(above(values::load_unaligned(scores + i + v * width))))
+                  << (v * width);
+        written += shim::store_set_positions_64<Arch>(out + written, std::int32_t(i), bits, k - written);
+      }
+    }
+    // Two vectors per step while both stores fit.
     for (; i + 2 * width <= n && k - written >= 2 * width; i += 2 * width) {
       const auto take0 = above(values::load_unaligned(scores + i));
       const auto take1 = above(values::load_unaligned(scores + i + width));
