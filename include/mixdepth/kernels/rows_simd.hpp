@@ -71,18 +71,49 @@ void router_scores(const T* x, std::ptrdiff_t x_stride, std::ptrdiff_t rows, std
 }
 
 // dst row j = src row rows[j], for j in [0, n): contiguous row copies (hardware gathers are
-// slow on these CPUs), with the next row's start prefetched since it is a jump.
+// slow on these CPUs). Each row jumps, so the hardware prefetcher would restart at every row;
+// while row j is copied, row j + 1 is prefetched at the same offsets. The stores are aligned
+// to the batch (a short head is copied first), and the copy loop is the kernel's own rather
+// than memcpy: glibc picks `rep movsb` for rows of a few KiB, which measured ~0.6 of one
+// contiguous memcpy at d = 1024 (bench/README.md).
 template <class Arch, class T>
 void gather_rows(const T* src, std::ptrdiff_t src_stride, const std::int32_t* rows, std::ptrdiff_t n,
                  std::ptrdiff_t d, T* dst, std::ptrdiff_t dst_stride) noexcept {
-  const std::size_t bytes = sizeof(T) * std::size_t(d);
-  for (std::ptrdiff_t j = 0; j < n; ++j) {
-    if (j + 1 < n) {
+  if constexpr (!arch_traits::is_xsimd<Arch>()) {
+    const std::size_t bytes = sizeof(T) * std::size_t(d);
+    for (std::ptrdiff_t j = 0; j < n; ++j)
+      std::memcpy(dst + j * dst_stride, src + std::ptrdiff_t{rows[j]} * src_stride, bytes);
+  } else {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr std::ptrdiff_t width = std::ptrdiff_t(batch::size);
+    constexpr std::ptrdiff_t step = 4 * width;  // elements per unrolled iteration
+    constexpr std::ptrdiff_t line = 64 / std::ptrdiff_t(sizeof(T));  // elements per cache line
+    constexpr std::size_t align = Arch::alignment();
+    for (std::ptrdiff_t j = 0; j < n; ++j) {
+      const T* __restrict in = src + std::ptrdiff_t{rows[j]} * src_stride;
+      T* __restrict out = dst + j * dst_stride;
+      const T* next = src + std::ptrdiff_t{rows[j + 1 < n ? j + 1 : j]} * src_stride;
+      // Elements before the first batch-aligned store; a T* is T-aligned, so this is exact.
+      const std::uintptr_t misalign = reinterpret_cast<std::uintptr_t>(out) % align;
+      std::ptrdiff_t c = misalign == 0 ? 0 : std::ptrdiff_t((align - misalign) / sizeof(T));
+      if (c > d) c = d;
+      for (std::ptrdiff_t h = 0; h < c; ++h) out[h] = in[h];
+      for (; c + step <= d; c += step) {
 #if defined(__GNUC__)
-      __builtin_prefetch(src + std::ptrdiff_t{rows[j + 1]} * src_stride);
+        for (std::ptrdiff_t p = 0; p < step; p += line) __builtin_prefetch(next + c + p);
 #endif
+        const batch a0 = batch::load_unaligned(in + c);
+        const batch a1 = batch::load_unaligned(in + c + width);
+        const batch a2 = batch::load_unaligned(in + c + 2 * width);
+        const batch a3 = batch::load_unaligned(in + c + 3 * width);
+        a0.store_aligned(out + c);
+        a1.store_aligned(out + c + width);
+        a2.store_aligned(out + c + 2 * width);
+        a3.store_aligned(out + c + 3 * width);
+      }
+      for (; c + width <= d; c += width) batch::load_unaligned(in + c).store_aligned(out + c);
+      for (; c < d; ++c) out[c] = in[c];
     }
-    std::memcpy(dst + j * dst_stride, src + std::ptrdiff_t{rows[j]} * src_stride, bytes);
   }
 }
 
