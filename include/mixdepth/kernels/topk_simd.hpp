@@ -165,6 +165,8 @@ struct passes {
       for (int b = 0; b < pivots; ++b) counts[b] += src[i] > pivot[b];
   }
 
+  // count_first: fill greater_than_first and equal_to_first (the sample needs neither).
+  template <bool count_first = true>
   static small_ranks<key> rank_small(key* a, std::ptrdiff_t m, std::ptrdiff_t first, std::ptrdiff_t second) noexcept {
     std::nth_element(a, a + second, a + m, descending<Arch>{});
     const key second_key = a[second];
@@ -438,51 +440,45 @@ struct passes<T, Arch, tier> {
     for (int b = 0; b < pivots; ++b) counts[b] = std::ptrdiff_t(shim::reduce_add<Arch>(c[b]));
   }
 
-  // Ranks every key against all the others: lane j learns how many keys are greater than
-  // key j (g) and equal to it (e); key j fills the descending positions [g, g + e).
-  // a must have room for whole vectors past m.
+  // Counts, for every key, the keys greater than it (g) with vector compares. The key at
+  // descending position q is the smallest key with g <= q: the keys above it number at most
+  // q, and every smaller key has at least q + 1 above it. So one masked min per vector finds
+  // each order statistic, and equality never needs counting in the quadratic loop (a second,
+  // linear pass counts the keys above and equal to the first statistic, when asked).
+  // a must have room for whole vectors past m; the padding lanes hold the sentinel, which
+  // has m keys above it and so is never picked.
+  template <bool count_first = true>
   static small_ranks<key> rank_small(key* a, std::ptrdiff_t m, std::ptrdiff_t first, std::ptrdiff_t second) noexcept {
     for (std::ptrdiff_t i = m; i % width != 0; ++i) a[i] = keys_of_t::sentinel;
-    small_ranks<key> result{0, 0, 0, 0};
-    bool found_first = false, found_second = false;
     const keys q1 = keys(key(first)), q2 = keys(key(second));
-    for (std::ptrdiff_t j = 0; j < m && !(found_first && found_second); j += width) {
+    keys low1(keys_of_t::highest), low2(keys_of_t::highest);
+    for (std::ptrdiff_t j = 0; j < m; j += width) {
       const keys own = load(a + j);
-      // Two sets of counters: the counting chains are what limits this loop.
-      keys greater(0), equal(0), greater_odd(0), equal_odd(0);
+      // Four counters: the counting chains are what limits this loop.
+      keys g0(0), g1(0), g2(0), g3(0);
       std::ptrdiff_t i = 0;
-      for (; i + 2 <= m; i += 2) {
-        const keys other(a[i]), other_odd(a[i + 1]);
-        greater = count_if(greater, other > own);
-        equal = count_if(equal, other == own);
-        greater_odd = count_if(greater_odd, other_odd > own);
-        equal_odd = count_if(equal_odd, other_odd == own);
+      for (; i + 4 <= m; i += 4) {
+        g0 = count_if(g0, keys(a[i]) > own);
+        g1 = count_if(g1, keys(a[i + 1]) > own);
+        g2 = count_if(g2, keys(a[i + 2]) > own);
+        g3 = count_if(g3, keys(a[i + 3]) > own);
       }
-      if (i < m) {
-        const keys other(a[i]);
-        greater = count_if(greater, other > own);
-        equal = count_if(equal, other == own);
+      for (; i < m; ++i) g0 = count_if(g0, keys(a[i]) > own);
+      const keys greater = (g0 + g1) + (g2 + g3);
+      low1 = shim::masked_min<Arch>(low1, greater <= q1, own);
+      low2 = shim::masked_min<Arch>(low2, greater <= q2, own);
+    }
+    small_ranks<key> result{shim::reduce_min<Arch>(low1), shim::reduce_min<Arch>(low2), 0, 0};
+    if constexpr (count_first) {
+      const keys value(result.first);
+      keys above(0), equal(0);
+      for (std::ptrdiff_t j = 0; j < m; j += width) {
+        const keys own = load(a + j);
+        above = count_if(above, own > value);
+        equal = count_if(equal, own == value);
       }
-      greater += greater_odd;
-      equal += equal_odd;
-      const keys end = greater + equal;
-      const std::uint32_t valid = lanes_below(m - j);
-      const std::uint32_t holds_first = shim::mask_bits<Arch>((greater <= q1) & (end > q1)) & valid;
-      const std::uint32_t holds_second = shim::mask_bits<Arch>((greater <= q2) & (end > q2)) & valid;
-      if (!found_first && holds_first != 0) {
-        const int lane = __builtin_ctz(holds_first);
-        key g[width], e[width];
-        greater.store_unaligned(g);
-        equal.store_unaligned(e);
-        result.first = a[j + lane];
-        result.greater_than_first = std::ptrdiff_t(g[lane]);
-        result.equal_to_first = std::ptrdiff_t(e[lane]);
-        found_first = true;
-      }
-      if (!found_second && holds_second != 0) {
-        result.second = a[j + __builtin_ctz(holds_second)];
-        found_second = true;
-      }
+      result.greater_than_first = std::ptrdiff_t(shim::reduce_add<Arch>(above));
+      result.equal_to_first = std::ptrdiff_t(shim::reduce_add<Arch>(equal));
     }
     return result;
   }
@@ -660,8 +656,8 @@ struct search {
     const double spread = 2.5 * std::sqrt(double(m) * p * (1.0 - p)) + 1.0;
     const auto high_index = std::ptrdiff_t(std::floor(expected - spread));
     const auto low_index = std::ptrdiff_t(std::ceil(expected + spread));
-    const small_ranks<key> r = pass::rank_small(sample, m, high_index < 0 ? 0 : high_index,
-                                                low_index >= m ? m - 1 : low_index);
+    const small_ranks<key> r = pass::template rank_small<false>(sample, m, high_index < 0 ? 0 : high_index,
+                                                               low_index >= m ? m - 1 : low_index);
     const key hi = high_index < 0 ? keys_of_t::highest : r.first;
     const key lo = low_index >= m ? keys_of_t::lowest : r.second;
 
