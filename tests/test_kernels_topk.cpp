@@ -155,6 +155,33 @@ TEST_CASE("rank keys order values exactly as order_key does, for float and doubl
   check(0.0);
 }
 
+// Not an output property (any sample gives the same answer) but what keeps a periodic input
+// from hiding the threshold's side from the sample: the positions rise, stay in [0, n), and
+// their offsets inside each stride spread out instead of repeating one phase.
+TEST_CASE("kernel top_k samples at hashed offsets inside each stride") {
+  using search = kernels::top_k_detail::search<float, kernels::static_arch>;
+  long checked = 0;
+  for (std::ptrdiff_t n : {49, 64, 100, 255, 256, 1000, 1024, 4096, 4099, 16384, 65536, 70001, 1 << 30}) {
+    const std::ptrdiff_t m = search::sample_size(n);
+    const std::uint64_t stride = (std::uint64_t(n) << 32) / std::uint64_t(m);
+    const std::uint64_t whole = std::uint64_t(n) / std::uint64_t(m);
+    std::set<std::ptrdiff_t> offsets;
+    std::ptrdiff_t previous = -1;
+    for (std::ptrdiff_t i = 0; i < m; ++i) {
+      const std::ptrdiff_t p = search::sample_position(std::uint64_t(i), stride, whole);
+      INFO("n=", n, " i=", i, " p=", p);
+      CHECK(p > previous);
+      CHECK(p < n);
+      offsets.insert(p - i * n / m);
+      previous = p;
+    }
+    INFO("n=", n, " m=", m, " distinct offsets=", offsets.size());
+    CHECK(std::ptrdiff_t(offsets.size()) >= std::min<std::ptrdiff_t>(std::ptrdiff_t(whole), m) / 4);
+    ++checked;
+  }
+  CHECK(checked == 13);
+}
+
 TEST_CASE("kernel top_k writes nothing for k = 0 and 0..k-1 once k reaches the valid length") {
   std::vector<float> s = {3, 1, 2, 5};
   std::vector<std::int32_t> out(4, -1);
