@@ -427,45 +427,52 @@ inline T reduce(const xsimd::batch<T, Arch>& v) noexcept {
     return is_max ? xsimd::max(a, b) : xsimd::min(a, b);
   };
 #if XSIMD_WITH_AVX512F
-  // Fold lane i with lane i ^ step. The zero-masked forms of the intrinsics, because the
-  // plain ones trip a false -Wuninitialized in GCC 12.2 (PR 105593).
+  // Fold lane i with lane i ^ step: 128-bit block shuffles for the steps that cross blocks,
+  // in-block shuffles for the others (cheaper than a full permute), then lane 0 is moved out
+  // of the register directly (no store and reload). The zero-masked forms of the
+  // intrinsics, because the plain ones trip a false -Wuninitialized in GCC 12.2 (PR 105593).
   if constexpr (arch_traits::has_avx512<Arch>() && (sizeof(T) == 4 || sizeof(T) == 8)) {
     constexpr __mmask16 all = 0xffff;
-    auto fold = [&](const batch& x, int step) -> batch {
-      if constexpr (sizeof(T) == 4) {
-        const __m512i index = _mm512_xor_si512(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(step));
-        if constexpr (std::is_same_v<T, float>) {
-          const __m512 other = _mm512_maskz_permutexvar_ps(all, index, x);
-          if constexpr (op == reduction::add) return _mm512_maskz_add_ps(all, x, other);
-          return is_max ? _mm512_maskz_max_ps(all, x, other) : _mm512_maskz_min_ps(all, x, other);
-        } else {
-          const __m512i other = _mm512_maskz_permutexvar_epi32(all, index, x);
-          if constexpr (op == reduction::add) return _mm512_maskz_add_epi32(all, x, other);
-          return is_max ? _mm512_maskz_max_epi32(all, x, other) : _mm512_maskz_min_epi32(all, x, other);
-        }
+    constexpr __mmask8 all8 = 0xff;
+    auto combine = [](const batch& x, const batch& other) -> batch {
+      if constexpr (std::is_same_v<T, float>) {
+        if constexpr (op == reduction::add) return _mm512_maskz_add_ps(all, x, other);
+        return is_max ? _mm512_maskz_max_ps(all, x, other) : _mm512_maskz_min_ps(all, x, other);
+      } else if constexpr (std::is_same_v<T, double>) {
+        if constexpr (op == reduction::add) return _mm512_maskz_add_pd(all8, x, other);
+        return is_max ? _mm512_maskz_max_pd(all8, x, other) : _mm512_maskz_min_pd(all8, x, other);
+      } else if constexpr (sizeof(T) == 4) {
+        if constexpr (op == reduction::add) return _mm512_maskz_add_epi32(all, x, other);
+        return is_max ? _mm512_maskz_max_epi32(all, x, other) : _mm512_maskz_min_epi32(all, x, other);
       } else {
-        const __m512i index =
-            _mm512_xor_si512(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_epi64(step));
-        if constexpr (std::is_same_v<T, double>) {
-          const __m512d other = _mm512_maskz_permutexvar_pd(__mmask8(all), index, x);
-          if constexpr (op == reduction::add) return _mm512_maskz_add_pd(__mmask8(all), x, other);
-          return is_max ? _mm512_maskz_max_pd(__mmask8(all), x, other)
-                        : _mm512_maskz_min_pd(__mmask8(all), x, other);
-        } else {
-          const __m512i other = _mm512_maskz_permutexvar_epi64(__mmask8(all), index, x);
-          if constexpr (op == reduction::add) return _mm512_maskz_add_epi64(__mmask8(all), x, other);
-          return is_max ? _mm512_maskz_max_epi64(__mmask8(all), x, other)
-                        : _mm512_maskz_min_epi64(__mmask8(all), x, other);
-        }
+        if constexpr (op == reduction::add) return _mm512_maskz_add_epi64(all8, x, other);
+        return is_max ? _mm512_maskz_max_epi64(all8, x, other) : _mm512_maskz_min_epi64(all8, x, other);
       }
     };
-    batch m = v;
-#pragma GCC unroll 8
-    for (int step = int(lanes) / 2; step >= 1; step /= 2) m = fold(m, step);  // constant steps
-    T lane[lanes];
-    m.store_unaligned(lane);
-    return lane[0];
+    // Swaps 128-bit blocks (imm8 over four blocks).
+    auto blocks = [](const batch& x, auto imm) -> batch {
+      constexpr int i = decltype(imm)::value;
+      if constexpr (std::is_same_v<T, float>) return _mm512_maskz_shuffle_f32x4(all, x, x, i);
+      else if constexpr (std::is_same_v<T, double>) return _mm512_maskz_shuffle_f64x2(all8, x, x, i);
+      else return _mm512_maskz_shuffle_i32x4(all, x, x, i);
+    };
+    // Swaps elements inside each 128-bit block (imm8 over its four 32-bit lanes).
+    auto within = [](const batch& x, auto imm) -> batch {
+      constexpr int i = decltype(imm)::value;
+      if constexpr (std::is_same_v<T, float>) return _mm512_maskz_permute_ps(all, x, i);
+      else if constexpr (std::is_same_v<T, double>) return _mm512_maskz_permute_pd(all8, x, 0x55);  // swap the two
+      else return _mm512_maskz_shuffle_epi32(all, x, _MM_PERM_ENUM(i));
+    };
+    using swap_halves = std::integral_constant<int, 0x4e>;  // positions 2 apart
+    using swap_pairs = std::integral_constant<int, 0xb1>;   // positions 1 apart
+    batch m = combine(v, blocks(v, swap_halves{}));         // 256-bit halves
+    m = combine(m, blocks(m, swap_pairs{}));                // 128-bit blocks
+    m = combine(m, within(m, swap_halves{}));               // 64-bit halves of a block
+    if constexpr (sizeof(T) == 4) m = combine(m, within(m, swap_pairs{}));  // 32-bit neighbours
+    if constexpr (std::is_same_v<T, float>) return _mm512_cvtss_f32(m);
+    else if constexpr (std::is_same_v<T, double>) return _mm512_cvtsd_f64(m);
+    else if constexpr (sizeof(T) == 4) return T(_mm_cvtsi128_si32(_mm512_castsi512_si128(m)));
+    else return T(_mm_cvtsi128_si64(_mm512_castsi512_si128(m)));
   }
 #endif
 #if XSIMD_WITH_AVX2
