@@ -133,8 +133,14 @@ void scatter_gated(const T* x, std::ptrdiff_t x_stride, T* y, std::ptrdiff_t y_s
     if constexpr (arch_traits::is_xsimd<Arch>()) {
       using batch = xsimd::batch<T, Arch>;
       constexpr std::ptrdiff_t width = std::ptrdiff_t(batch::size);
+      constexpr std::ptrdiff_t line = 64 / std::ptrdiff_t(sizeof(T));  // elements per cache line
+      // The next routed row of x, prefetched at the offsets being read now (as gather_rows).
+      const T* next = x + std::ptrdiff_t{rows[j + 1 < n ? j + 1 : j]} * x_stride;
       const batch gate(g);
       for (; c + 2 * width <= d; c += 2 * width) {
+#if defined(__GNUC__)
+        for (std::ptrdiff_t p = 0; p < 2 * width; p += line) __builtin_prefetch(next + c + p);
+#endif
         const batch p0 = shim::rounded<Arch>(gate * batch::load_unaligned(fr + c));
         const batch p1 = shim::rounded<Arch>(gate * batch::load_unaligned(fr + c + width));
         (batch::load_unaligned(xr + c) + p0).store_unaligned(yr + c);
