@@ -86,22 +86,24 @@ TEST_CASE_TEMPLATE("kernel gather_rows equals the portable gather bit for bit", 
       std::sort(rows.begin(), rows.end());
       std::vector<T> expected(static_cast<std::size_t>(std::max<std::ptrdiff_t>(n, 1) * dst_stride), T(7));
       kernels::gather_rows_portable(src.data(), src_stride, rows.data(), n, d, expected.data(), dst_stride);
-      // The output starts `shift` elements into its buffer, so the rows start at every
-      // alignment the stores peel a head for; the elements around it stay untouched.
-      const std::ptrdiff_t shift = std::ptrdiff_t(rng() % 17);
-      std::vector<T> padded_expected(expected.size() + 2 * 17, T(7));
-      std::copy(expected.begin(), expected.end(), padded_expected.begin() + shift);
-      for_each_arch([&](auto arch) {
-        using Arch = decltype(arch);
-        std::vector<T> actual(padded_expected.size(), T(7));  // gaps between strided rows stay untouched
-        kernels::gather_rows<Arch>(src.data(), src_stride, rows.data(), n, d, actual.data() + shift, dst_stride);
-        INFO("arch=", Arch::name(), " d=", d, " n=", n, " shift=", shift);
-        CHECK(same_bits(actual, padded_expected));
-        ++checked;
-      });
+      // The output starts `shift` elements into its buffer, for every shift up to one
+      // AVX-512 batch of floats, so the rows start at every alignment the stores peel a head
+      // for; the elements around them stay untouched.
+      for (std::ptrdiff_t shift = 0; shift <= 16; ++shift) {
+        std::vector<T> padded_expected(expected.size() + 2 * 17, T(7));
+        std::copy(expected.begin(), expected.end(), padded_expected.begin() + shift);
+        for_each_arch([&](auto arch) {
+          using Arch = decltype(arch);
+          std::vector<T> actual(padded_expected.size(), T(7));  // gaps between strided rows stay untouched
+          kernels::gather_rows<Arch>(src.data(), src_stride, rows.data(), n, d, actual.data() + shift, dst_stride);
+          INFO("arch=", Arch::name(), " d=", d, " n=", n, " shift=", shift);
+          CHECK(same_bits(actual, padded_expected));
+          ++checked;
+        });
+      }
     }
   }
-  CHECK(checked == long(std::size(widths)) * 5 * arch_count());
+  CHECK(checked == long(std::size(widths)) * 5 * 17 * arch_count());
 }
 
 TEST_CASE_TEMPLATE("kernel scatter_gated equals the portable scatter bit for bit (NaN payloads aside), in place and out of place", T, float,

@@ -2,6 +2,8 @@
 // positions of set bits, horizontal max/min/sum, popcount.
 #include "test_kernels_common.hpp"
 
+#include <cstring>
+
 using namespace mixdepth;
 using namespace mixdepth::kernels_testing;
 
@@ -87,7 +89,47 @@ void check_float_reductions(std::mt19937_64& rng) {
   }
 }
 
+// On AVX-512 the floating-point sum folds lane i with lane i ^ step, step = lanes/2 .. 1:
+// pinned on sums that round, so a change of order shows.
+template <class Arch, class T>
+void check_sum_fold_order(std::mt19937_64& rng, long& checked) {
+  if constexpr (kernels::arch_traits::has_avx512<Arch>()) {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr std::size_t lanes = batch::size;
+    std::normal_distribution<T> normal;
+    for (int trial = 0; trial < 200; ++trial) {
+      T in[lanes];
+      for (auto& x : in) x = normal(rng) * T(1 << (rng() % 20));  // mixed magnitudes: sums round
+      T fold[lanes];
+      std::copy(in, in + lanes, fold);
+      for (std::size_t step = lanes / 2; step >= 1; step /= 2) {
+        T next[lanes];
+        for (std::size_t i = 0; i < lanes; ++i) next[i] = fold[i] + fold[i ^ step];
+        std::copy(next, next + lanes, fold);
+      }
+      const T actual = kernels::shim::reduce_add<Arch>(batch::load_unaligned(in));
+      INFO("arch=", Arch::name(), " trial=", trial);
+      CHECK(std::memcmp(&actual, &fold[0], sizeof(T)) == 0);
+      ++checked;
+    }
+  }
+}
+
 }  // namespace
+
+TEST_CASE("shim: the AVX-512 sum folds lanes in a fixed order (lane i with i ^ step)") {
+  std::mt19937_64 rng(21);
+  long checked = 0;
+  for_each_arch([&](auto arch) {
+    using Arch = decltype(arch);
+    check_sum_fold_order<Arch, float>(rng, checked);
+    check_sum_fold_order<Arch, double>(rng, checked);
+  });
+#if XSIMD_WITH_AVX512F
+  CHECK(checked > 0);
+#endif
+  MESSAGE("fold-order sums checked: ", checked);
+}
 
 TEST_CASE("shim: mask bits, compress, set positions and reductions agree with plain loops") {
   std::mt19937_64 rng(20);

@@ -93,6 +93,9 @@ void gather_rows(const T* src, std::ptrdiff_t src_stride, const std::int32_t* ro
       const T* __restrict in = src + std::ptrdiff_t{rows[j]} * src_stride;
       T* __restrict out = dst + j * dst_stride;
       const T* next = src + std::ptrdiff_t{rows[j + 1 < n ? j + 1 : j]} * src_stride;
+#if defined(__GNUC__)
+      __builtin_prefetch(next);  // its first line: the loop below misses it for short rows and heads
+#endif
       // Elements before the first batch-aligned store; a T* is T-aligned, so this is exact.
       const std::uintptr_t misalign = reinterpret_cast<std::uintptr_t>(out) % align;
       std::ptrdiff_t c = misalign == 0 ? 0 : std::ptrdiff_t((align - misalign) / sizeof(T));

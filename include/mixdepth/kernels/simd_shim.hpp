@@ -472,7 +472,11 @@ inline T reduce(const xsimd::batch<T, Arch>& v) noexcept {
     if constexpr (std::is_same_v<T, float>) return _mm512_cvtss_f32(m);
     else if constexpr (std::is_same_v<T, double>) return _mm512_cvtsd_f64(m);
     else if constexpr (sizeof(T) == 4) return T(_mm_cvtsi128_si32(_mm512_castsi512_si128(m)));
+#if defined(__x86_64__)
     else return T(_mm_cvtsi128_si64(_mm512_castsi512_si128(m)));
+#else
+    else return m.get(0);  // no 64-bit general registers on i386
+#endif
   }
 #endif
 #if XSIMD_WITH_AVX2
