@@ -162,13 +162,12 @@ TEST_CASE("kernel top_k samples at hashed offsets inside each stride") {
   using search = kernels::top_k_detail::search<float, kernels::static_arch>;
   long checked = 0;
   for (std::ptrdiff_t n : {49, 64, 100, 255, 256, 1000, 1024, 4096, 4099, 16384, 65536, 70001, 1 << 30}) {
-    const std::ptrdiff_t m = search::sample_size(n);
-    const std::uint64_t stride = (std::uint64_t(n) << 32) / std::uint64_t(m);
-    const std::uint64_t whole = std::uint64_t(n) / std::uint64_t(m);
+    const search::sample_grid grid(n);
+    const std::ptrdiff_t m = grid.m;
     std::set<std::ptrdiff_t> offsets;
     std::ptrdiff_t previous = -1;
     for (std::ptrdiff_t i = 0; i < m; ++i) {
-      const std::ptrdiff_t p = search::sample_position(std::uint64_t(i), stride, whole);
+      const std::ptrdiff_t p = grid.position(i);
       INFO("n=", n, " i=", i, " p=", p);
       CHECK(p > previous);
       CHECK(p < n);
@@ -176,7 +175,7 @@ TEST_CASE("kernel top_k samples at hashed offsets inside each stride") {
       previous = p;
     }
     INFO("n=", n, " m=", m, " distinct offsets=", offsets.size());
-    CHECK(std::ptrdiff_t(offsets.size()) >= std::min<std::ptrdiff_t>(std::ptrdiff_t(whole), m) / 4);
+    CHECK(std::ptrdiff_t(offsets.size()) >= std::min<std::ptrdiff_t>(n / m, m) / 4);
     ++checked;
   }
   CHECK(checked == 13);

@@ -629,13 +629,24 @@ struct search {
     return value;
   }
 
-  // Sample i's position: the start of stride i (stride = n / m in 32.32 fixed point) plus
-  // the fraction h / 2^32 of whole = floor(n / m), with h a multiplicative hash of i. The
-  // offset is below whole, so the position stays below n.
-  static std::ptrdiff_t sample_position(std::uint64_t i, std::uint64_t stride, std::uint64_t whole) noexcept {
-    const std::uint64_t h = std::uint32_t(std::uint32_t(i) * 2654435761u);
-    return std::ptrdiff_t(((i * stride) >> 32) + ((h * whole) >> 32));
-  }
+  // Where level 0 samples: m keys, sample i at the start of stride i (stride = n / m in
+  // 32.32 fixed point) plus the fraction h / 2^32 of whole = floor(n / m), with h a
+  // multiplicative hash of i. The offset is below whole, so the position stays below n.
+  struct sample_grid {
+    std::ptrdiff_t m;
+    std::uint64_t stride;
+    std::uint64_t whole;
+
+    explicit sample_grid(std::ptrdiff_t n) noexcept
+        : m(sample_size(n)),
+          stride((std::uint64_t(n) << 32) / std::uint64_t(m)),
+          whole(std::uint64_t(n) / std::uint64_t(m)) {}
+
+    std::ptrdiff_t position(std::ptrdiff_t i) const noexcept {
+      const std::uint64_t h = std::uint32_t(std::uint32_t(i) * 2654435761u);
+      return std::ptrdiff_t(((std::uint64_t(i) * stride) >> 32) + ((h * whole) >> 32));
+    }
+  };
 
   static std::ptrdiff_t sample_size(std::ptrdiff_t n) noexcept {
     const auto m = std::ptrdiff_t(std::sqrt(double(n)));
@@ -653,11 +664,9 @@ struct search {
 
     // Sample at spread positions (a hashed offset inside each stride avoids aliasing with
     // periodic inputs); two of the sample's order statistics bracket the threshold.
-    const std::ptrdiff_t m = sample_size(n);
-    const std::uint64_t stride = (std::uint64_t(n) << 32) / std::uint64_t(m);
-    const std::uint64_t whole = std::uint64_t(n) / std::uint64_t(m);
-    for (std::ptrdiff_t i = 0; i < m; ++i)
-      sample[i] = keys_of_t::of(scores[sample_position(std::uint64_t(i), stride, whole)]);
+    const sample_grid grid(n);
+    const std::ptrdiff_t m = grid.m;
+    for (std::ptrdiff_t i = 0; i < m; ++i) sample[i] = keys_of_t::of(scores[grid.position(i)]);
     const double p = double(rank) / double(n);
     const double expected = p * double(m) - 0.5;  // the threshold's descending sample position
     const double spread = 2.5 * std::sqrt(double(m) * p * (1.0 - p)) + 1.0;
