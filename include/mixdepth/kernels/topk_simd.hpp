@@ -28,6 +28,7 @@
 // k < S/2 does.
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -46,7 +47,8 @@ using rank_key_t = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t
 namespace top_k_detail {
 
 inline constexpr std::ptrdiff_t pad = 64;           // room for whole-vector stores past the end
-inline constexpr std::ptrdiff_t max_sample = 128;   // sample keys at level 0, at most
+inline constexpr int max_sample_log2 = 7;           // level 0 samples at most 2^7 keys
+inline constexpr std::ptrdiff_t max_sample = std::ptrdiff_t{1} << max_sample_log2;
 inline constexpr std::ptrdiff_t small_limit = 128;  // sets this small are ranked directly
 inline constexpr std::ptrdiff_t direct_limit = 48;  // a level hands sets this small to the ranking
 
@@ -629,29 +631,28 @@ struct search {
     return value;
   }
 
-  // Where level 0 samples: m keys, sample i at the start of stride i (stride = n / m in
-  // 32.32 fixed point) plus the fraction h / 2^32 of whole = floor(n / m), with h a
-  // multiplicative hash of i. The offset is below whole, so the position stays below n.
+  // Where level 0 samples: m keys, m the largest power of two <= sqrt(n), clamped to
+  // [32, max_sample] (a power of two, so neither a square root nor a division sits on the
+  // path to the first load). Sample i lies at the start of stride i (stride = n / m in 32.32
+  // fixed point) plus the fraction h / 2^32 of whole = floor(n / m), with h a multiplicative
+  // hash of i. The offset is below whole, so the position stays below n.
   struct sample_grid {
+    int log2_m;
     std::ptrdiff_t m;
     std::uint64_t stride;
     std::uint64_t whole;
 
     explicit sample_grid(std::ptrdiff_t n) noexcept
-        : m(sample_size(n)),
-          stride((std::uint64_t(n) << 32) / std::uint64_t(m)),
-          whole(std::uint64_t(n) / std::uint64_t(m)) {}
+        : log2_m(std::clamp((int(std::bit_width(std::uint64_t(n))) - 1) / 2, 5, max_sample_log2)),
+          m(std::ptrdiff_t{1} << log2_m),
+          stride(std::uint64_t(n) << (32 - log2_m)),
+          whole(std::uint64_t(n) >> log2_m) {}
 
     std::ptrdiff_t position(std::ptrdiff_t i) const noexcept {
       const std::uint64_t h = std::uint32_t(std::uint32_t(i) * 2654435761u);
       return std::ptrdiff_t(((std::uint64_t(i) * stride) >> 32) + ((h * whole) >> 32));
     }
   };
-
-  static std::ptrdiff_t sample_size(std::ptrdiff_t n) noexcept {
-    const auto m = std::ptrdiff_t(std::sqrt(double(n)));
-    return m < 32 ? 32 : m > max_sample ? max_sample : m;
-  }
 
   // Level 0, over the scores [0, n): a sampled bracket, one pass, one more on a miss.
   static level_result first_level(const T* scores, std::ptrdiff_t n, std::ptrdiff_t rank,
