@@ -70,6 +70,32 @@ void router_scores(const T* x, std::ptrdiff_t x_stride, std::ptrdiff_t rows, std
   }
 }
 
+namespace rows_detail {
+
+// Rows longer than this are prefetched into L2 only: the next row's lines, the row being
+// read and the row being written would not fit a 32 KiB L1 together, and prefetches into
+// L1 evicted what the kernel was about to use. On Zen 4, rows of 16 KiB, five alternating
+// runs: the gather at 0.72-0.86 of memcpy with L1 prefetches, 0.81-0.92 (one outlier 1.75)
+// with L2 ones; the scatter at 0.37-0.84 of axpy, then 0.74-1.15. Rows of 4 KiB copy
+// faster with L1 prefetches (bench/README.md).
+inline constexpr std::size_t l1_row_bytes = 8192;
+
+// Prefetches the line at p for reading, into L1 (to_l2 false) or L2 only.
+template <class Arch>
+inline void prefetch_line(const void* p, bool to_l2) noexcept {
+#if defined(__GNUC__)
+  if (to_l2)
+    __builtin_prefetch(p, 0, 2);
+  else
+    __builtin_prefetch(p, 0, 3);
+#else
+  (void)p;
+  (void)to_l2;
+#endif
+}
+
+}  // namespace rows_detail
+
 // dst row j = src row rows[j], for j in [0, n): contiguous row copies (hardware gathers are
 // slow on these CPUs). Each row jumps, so the hardware prefetcher would restart at every row;
 // while row j is copied, row j + 1 is prefetched at the same offsets. The stores are aligned
@@ -89,22 +115,19 @@ void gather_rows(const T* src, std::ptrdiff_t src_stride, const std::int32_t* ro
     constexpr std::ptrdiff_t step = 4 * width;  // elements per unrolled iteration
     constexpr std::ptrdiff_t line = 64 / std::ptrdiff_t(sizeof(T));  // elements per cache line
     constexpr std::size_t align = Arch::alignment();
+    const bool to_l2 = sizeof(T) * std::size_t(d) > rows_detail::l1_row_bytes;
     for (std::ptrdiff_t j = 0; j < n; ++j) {
       const T* __restrict in = src + std::ptrdiff_t{rows[j]} * src_stride;
       T* __restrict out = dst + j * dst_stride;
       const T* next = src + std::ptrdiff_t{rows[j + 1 < n ? j + 1 : j]} * src_stride;
-#if defined(__GNUC__)
-      __builtin_prefetch(next);  // its first line: the loop below misses it for short rows and heads
-#endif
+      rows_detail::prefetch_line<Arch>(next, to_l2);  // its first line: the loop below misses it for short rows and heads
       // Elements before the first batch-aligned store; a T* is T-aligned, so this is exact.
       const std::uintptr_t misalign = reinterpret_cast<std::uintptr_t>(out) % align;
       std::ptrdiff_t c = misalign == 0 ? 0 : std::ptrdiff_t((align - misalign) / sizeof(T));
       if (c > d) c = d;
       for (std::ptrdiff_t h = 0; h < c; ++h) out[h] = in[h];
       for (; c + step <= d; c += step) {
-#if defined(__GNUC__)
-        for (std::ptrdiff_t p = 0; p < step; p += line) __builtin_prefetch(next + c + p);
-#endif
+        for (std::ptrdiff_t p = 0; p < step; p += line) rows_detail::prefetch_line<Arch>(next + c + p, to_l2);
         const batch a0 = batch::load_unaligned(in + c);
         const batch a1 = batch::load_unaligned(in + c + width);
         const batch a2 = batch::load_unaligned(in + c + 2 * width);
@@ -127,6 +150,7 @@ template <class Arch, class T>
 void scatter_gated(const T* x, std::ptrdiff_t x_stride, T* y, std::ptrdiff_t y_stride,
                    const std::int32_t* rows, std::ptrdiff_t n, std::ptrdiff_t d, const T* update,
                    std::ptrdiff_t update_stride, const T* gates) noexcept {
+  [[maybe_unused]] const bool to_l2 = sizeof(T) * std::size_t(d) > rows_detail::l1_row_bytes;
   for (std::ptrdiff_t j = 0; j < n; ++j) {
     const T* xr = x + std::ptrdiff_t{rows[j]} * x_stride;
     T* yr = y + std::ptrdiff_t{rows[j]} * y_stride;
@@ -141,9 +165,7 @@ void scatter_gated(const T* x, std::ptrdiff_t x_stride, T* y, std::ptrdiff_t y_s
       const T* next = x + std::ptrdiff_t{rows[j + 1 < n ? j + 1 : j]} * x_stride;
       const batch gate(g);
       for (; c + 2 * width <= d; c += 2 * width) {
-#if defined(__GNUC__)
-        for (std::ptrdiff_t p = 0; p < 2 * width; p += line) __builtin_prefetch(next + c + p);
-#endif
+        for (std::ptrdiff_t p = 0; p < 2 * width; p += line) rows_detail::prefetch_line<Arch>(next + c + p, to_l2);
         const batch p0 = shim::rounded<Arch>(gate * batch::load_unaligned(fr + c));
         const batch p1 = shim::rounded<Arch>(gate * batch::load_unaligned(fr + c + width));
         (batch::load_unaligned(xr + c) + p0).store_unaligned(yr + c);
