@@ -157,13 +157,21 @@ TEST_CASE("rank keys order values exactly as order_key does, for float and doubl
 
 // Not an output property (any sample gives the same answer) but what keeps a periodic input
 // from hiding the threshold's side from the sample: the positions rise, stay in [0, n), and
-// their offsets inside each stride spread out instead of repeating one phase.
+// their offsets inside each stride spread out instead of repeating one phase. The sample
+// size is the power of two that sample_grid's comment states.
 TEST_CASE("kernel top_k samples at hashed offsets inside each stride") {
   using search = kernels::top_k_detail::search<float, kernels::static_arch>;
   long checked = 0;
-  for (std::ptrdiff_t n : {49, 64, 100, 255, 256, 1000, 1024, 4096, 4099, 16384, 65536, 70001, 1 << 30}) {
+  for (std::ptrdiff_t n : {49, 64, 100, 255, 256, 1000, 1024, 2000, 4096, 4099, 9000, 16384, 65536, 70001, 1 << 30}) {
     const search::sample_grid grid(n);
     const std::ptrdiff_t m = grid.m;
+    // m: a power of two in [32, 128], the largest one with m^2 <= n unless a bound holds it.
+    INFO("n=", n, " m=", m);
+    CHECK((m & (m - 1)) == 0);
+    CHECK(m >= 32);
+    CHECK(m <= 128);
+    CHECK((m == 32 || m * m <= n));
+    CHECK((m == 128 || 4 * m * m > n));
     std::set<std::ptrdiff_t> offsets;
     std::ptrdiff_t previous = -1;
     for (std::ptrdiff_t i = 0; i < m; ++i) {
@@ -178,7 +186,7 @@ TEST_CASE("kernel top_k samples at hashed offsets inside each stride") {
     CHECK(std::ptrdiff_t(offsets.size()) >= std::min<std::ptrdiff_t>(n / m, m) / 4);
     ++checked;
   }
-  CHECK(checked == 13);
+  CHECK(checked == 15);
 }
 
 TEST_CASE("kernel top_k writes nothing for k = 0 and 0..k-1 once k reaches the valid length") {
