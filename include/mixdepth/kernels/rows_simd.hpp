@@ -72,12 +72,13 @@ void router_scores(const T* x, std::ptrdiff_t x_stride, std::ptrdiff_t rows, std
 
 namespace rows_detail {
 
-// Rows longer than this are prefetched into L2 only: the next row's lines, the row being
-// read and the row being written would not fit a 32 KiB L1 together, and prefetches into
-// L1 evicted what the kernel was about to use. On Zen 4, rows of 16 KiB, five alternating
-// runs: the gather at 0.72-0.86 of memcpy with L1 prefetches, 0.81-0.92 (one outlier 1.75)
-// with L2 ones; the scatter at 0.37-0.84 of axpy, then 0.74-1.15. Rows of 4 KiB copy
-// faster with L1 prefetches (bench/README.md).
+// Rows longer than this are prefetched into L2 only: the rows a step touches (the next
+// row's lines, the rows read and the row written: four for the out-of-place scatter) would
+// not fit a 32 KiB L1 together, and prefetches into L1 evicted what the kernel was about
+// to use. On Zen 4, rows of 16 KiB, five alternating runs: the gather at 0.72-0.86 of
+// memcpy with L1 prefetches, 0.81-0.92 (one outlier 1.75) with L2 ones; the scatter at
+// 0.37-0.84 of axpy, then 0.74-1.15. At 4 KiB L1 prefetches measured the same or better;
+// 8 KiB rows were not measured (bench/README.md).
 inline constexpr std::size_t l1_row_bytes = 8192;
 
 // Prefetches the line at p for reading, into L1 (to_l2 false) or L2 only.
@@ -98,10 +99,11 @@ inline void prefetch_line(const void* p, bool to_l2) noexcept {
 
 // dst row j = src row rows[j], for j in [0, n): contiguous row copies (hardware gathers are
 // slow on these CPUs). Each row jumps, so the hardware prefetcher would restart at every row;
-// while row j is copied, row j + 1 is prefetched at the same offsets. The stores are aligned
-// to the batch (a short head is copied first), and the copy loop is the kernel's own rather
-// than memcpy: glibc picks `rep movsb` for rows of a few KiB, which measured ~0.6 of one
-// contiguous memcpy at d = 1024 (bench/README.md).
+// while row j is copied, row j + 1 is prefetched at the same offsets (into L2 only for rows
+// above rows_detail::l1_row_bytes). The stores are aligned to the batch (a short head is
+// copied first), and the copy loop is the kernel's own rather than memcpy: glibc picks
+// `rep movsb` for rows of a few KiB, which measured ~0.6 of one contiguous memcpy at
+// d = 1024 (bench/README.md).
 template <class Arch, class T>
 void gather_rows(const T* src, std::ptrdiff_t src_stride, const std::int32_t* rows, std::ptrdiff_t n,
                  std::ptrdiff_t d, T* dst, std::ptrdiff_t dst_stride) noexcept {
