@@ -77,8 +77,8 @@ namespace rows_detail {
 // not fit a 32 KiB L1 together, and prefetches into L1 evicted what the kernel was about
 // to use. On Zen 4, rows of 16 KiB, five alternating runs: the gather at 0.72-0.86 of
 // memcpy with L1 prefetches, 0.81-0.92 (one outlier 1.75) with L2 ones; the scatter at
-// 0.37-0.84 of axpy, then 0.74-1.15. At 4 KiB L1 prefetches measured the same or better;
-// 8 KiB rows were not measured (bench/README.md).
+// 0.37-0.84 of axpy, then 0.74-1.15. At 4 KiB L1 prefetches measured the same or better,
+// at 8 KiB the same (bench/README.md).
 inline constexpr std::size_t l1_row_bytes = 8192;
 
 // Prefetches the line at p for reading, into L1 (to_l2 false) or L2 only.
