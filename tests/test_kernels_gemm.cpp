@@ -181,3 +181,53 @@ TEST_CASE_TEMPLATE("kernel gemm: a NaN or infinity stays in its own row and colu
     CHECK(wrong == 0);
   });
 }
+
+// The prefetch of kernels/gemm.hpp: after each panel, the next one the tiles read in place,
+// found here by walking the driver's loops (columns, then depth, then rows, then panels)
+// over shapes on both sides of every block edge, and every line it names inside B.
+TEST_CASE_TEMPLATE("kernel gemm: next_panel names the next panel read in place, inside B", T, float, double) {
+  for_each_arch([&](auto arch) {
+    using Arch = decltype(arch);
+    if constexpr (kernels::arch_traits::is_xsimd<Arch>()) {
+      using Blocking = kernels::gemm_blocking<Arch, T>;
+      constexpr std::ptrdiff_t N = Blocking::cols;
+      long panels = 0, wrong = 0, outside = 0;
+      const std::ptrdiff_t ms[] = {1, 7, Blocking::mc, Blocking::mc + 5};
+      const std::ptrdiff_t ns[] = {N - 1, N, 3 * N + 5, Blocking::nc, Blocking::nc + N, Blocking::nc + N - 1};
+      const std::ptrdiff_t ks[] = {1, Blocking::kc, Blocking::kc + 3, 2 * Blocking::kc};
+      for (std::ptrdiff_t m : ms)
+        for (std::ptrdiff_t n : ns)
+          for (std::ptrdiff_t k : ks)
+            for (const bool transposed : {false, true}) {
+              const std::ptrdiff_t b_rs = transposed ? 1 : n + 3, b_cs = transposed ? k + 3 : 1;
+              const std::vector<T> b(std::size_t(transposed ? n * b_cs : k * b_rs));
+              const T* const last = b.data() + b.size();
+              // Every panel position in the driver's order, and what the tiles read there.
+              std::vector<kernels::detail_gemm::PanelPosition> order;
+              std::vector<kernels::detail_gemm::PanelLines<Arch, T>> read;
+              for (std::ptrdiff_t jc = 0; jc < n; jc += Blocking::nc)
+                for (std::ptrdiff_t pc = 0; pc < k; pc += Blocking::kc)
+                  for (std::ptrdiff_t ic = 0; ic < m; ic += Blocking::mc)
+                    for (std::ptrdiff_t js = 0; js < std::min(Blocking::nc, n - jc); js += N) {
+                      order.push_back({jc, pc, ic, js});
+                      const bool in_place = !transposed && std::min(Blocking::nc, n - jc) - js >= N;
+                      read.push_back(in_place ? kernels::detail_gemm::PanelLines<Arch, T>{
+                                                    b.data() + pc * b_rs + jc + js, b_rs, std::min(Blocking::kc, k - pc)}
+                                              : kernels::detail_gemm::PanelLines<Arch, T>{});
+                    }
+              for (std::size_t i = 0; i < order.size(); ++i) {
+                const auto next = kernels::detail_gemm::next_panel<Arch, T>(m, n, k, b.data(), b_rs, b_cs, order[i]);
+                const auto expected = i + 1 < order.size() ? read[i + 1] : kernels::detail_gemm::PanelLines<Arch, T>{};
+                wrong += next.data != expected.data || next.depth != expected.depth || next.rows != expected.rows;
+                if (next.count() > 0)  // the first line, and the end of the last row's N columns
+                  outside += next.at(0) < b.data() || next.at(next.count() - 1) + std::min(next.line, N) > last;
+                ++panels;
+              }
+            }
+      INFO("arch=", Arch::name());
+      CHECK(panels > 500);
+      CHECK(wrong == 0);
+      CHECK(outside == 0);
+    }
+  });
+}

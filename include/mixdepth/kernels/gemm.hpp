@@ -14,6 +14,11 @@
 // first (zero-padded to a whole tile). Plain loops (scalar_arch) run i-p-j with one
 // multiply-add per element and no blocking.
 //
+// The rows of a panel of B read in place lie a whole row of B apart (6 KiB in a 512 x 1536
+// weight), a stride the hardware prefetcher does not follow across pages, and weights are
+// often cold (each layer's are read once per forward). So while the strips of one panel run,
+// they prefetch the next panel read in place into L2, each strip its share of the lines.
+//
 // Rounding: C(i, j) is a function of row i of A, column j of B and k alone (zero-padding
 // makes the edge tiles accumulate in the same order as full ones): the same row gives the
 // same result whichever other rows come with it, and the result does not depend on the
@@ -115,12 +120,68 @@ struct Slice {
   std::ptrdiff_t depth;
 };
 
+// Lines of a B panel read in place (rows of `cols` elements, `depth` apart), numbered row by
+// row: line q is at data + (q / per_row) * depth + (q % per_row) * line.
+template <class Arch, class T>
+struct PanelLines {
+  static constexpr std::ptrdiff_t line = std::ptrdiff_t(64 / sizeof(T));  // elements per cache line
+  static constexpr std::ptrdiff_t per_row = std::max<std::ptrdiff_t>(1, gemm_blocking<Arch, T>::cols / line);
+  const T* data = nullptr;
+  std::ptrdiff_t depth = 0;
+  std::ptrdiff_t rows = 0;
+
+  std::ptrdiff_t count() const { return rows * per_row; }
+  const T* at(std::ptrdiff_t q) const { return data + (q / per_row) * depth + (q % per_row) * line; }
+};
+
+// Where the driver of gemm() is: panel js (its first column) of the block of columns jc,
+// depth pc and rows ic. The driver runs jc, then pc, then ic, then js.
+struct PanelPosition {
+  std::ptrdiff_t jc, pc, ic, js;
+};
+
+// The panel the tiles read after the one at `at`, when they read it in place; empty when
+// they pack it (a transposed B, a last partial panel) or when `at` is the last.
+template <class Arch, class T>
+PanelLines<Arch, T> next_panel(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, const T* b, std::ptrdiff_t b_rs,
+                               std::ptrdiff_t b_cs, PanelPosition at) noexcept {
+  using Blocking = gemm_blocking<Arch, T>;
+  constexpr std::ptrdiff_t N = Blocking::cols;
+  if (at.js + N < std::min(Blocking::nc, n - at.jc)) {
+    at.js += N;
+  } else if (at.ic + Blocking::mc < m) {
+    at.js = 0;
+  } else if (at.pc + Blocking::kc < k) {
+    at.pc += Blocking::kc;
+    at.js = 0;
+  } else if (at.jc + Blocking::nc < n) {
+    at.jc += Blocking::nc;
+    at.pc = 0;
+    at.js = 0;
+  } else {
+    return {};
+  }
+  if (b_cs != 1 || std::min(Blocking::nc, n - at.jc) - at.js < N) return {};
+  return {b + at.pc * b_rs + at.jc + at.js, b_rs, std::min(Blocking::kc, k - at.pc)};
+}
+
+// The lines [first, first + count) of a panel that one tile prefetches into L2, `burst` per
+// step of depth.
+template <class Arch, class T>
+struct TilePrefetch {
+  PanelLines<Arch, T> panel;
+  std::ptrdiff_t first = 0;
+  std::ptrdiff_t count = 0;
+  std::ptrdiff_t burst = 1;
+};
+
 // The register tile: acc = A strip x B panel over kc, then C = alpha acc (+ C when add) for
 // the first `height` rows and `width` columns. Each operand is either packed or read in
-// place (an A strip of contiguous rows, a B panel of contiguous columns).
+// place (an A strip of contiguous rows, a B panel of contiguous columns). Meanwhile it
+// prefetches its share of the next panel (`ahead`), which only moves data.
 template <class Arch, class T>
 void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool add, T* c, std::ptrdiff_t ldc,
-          std::ptrdiff_t height, std::ptrdiff_t width) noexcept {
+          std::ptrdiff_t height, std::ptrdiff_t width, const TilePrefetch<Arch, T>& ahead) noexcept {
   using Blocking = gemm_blocking<Arch, T>;
   using batch = xsimd::batch<T, Arch>;
   constexpr int R = int(Blocking::rows), V = Blocking::vectors;
@@ -130,7 +191,9 @@ void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool a
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 8
     for (int v = 0; v < V; ++v) acc[i][v] = batch(T(0));
-  for (std::ptrdiff_t p = 0; p < kc; ++p) {
+  for (std::ptrdiff_t p = 0, q = 0; p < kc; ++p) {
+    for (const std::ptrdiff_t end = std::min(q + ahead.burst, ahead.count); q < end; ++q)
+      shim::prefetch_line<Arch>(ahead.panel.at(ahead.first + q), true);
     batch b[V];
 #pragma GCC unroll 8
     for (int v = 0; v < V; ++v) b[v] = batch::load_unaligned(b_panel.data + p * b_panel.depth + v * L);
@@ -223,6 +286,7 @@ void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T
         };
         for (std::ptrdiff_t ic = 0; ic < m; ic += Blocking::mc) {
           const std::ptrdiff_t mc = std::min(Blocking::mc, m - ic);
+          const std::ptrdiff_t strips = (mc + R - 1) / R;
           for (std::ptrdiff_t is = 0; is < mc; is += R)
             if (!a_in_place || mc - is < R)
               detail_gemm::pack_a_strip<Arch>(a + (ic + is) * a_rs + pc * a_cs, a_rs, a_cs, kc, std::min(R, mc - is),
@@ -231,10 +295,20 @@ void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T
             return a_in_place && mc - is >= R ? detail_gemm::Slice<T>{a + (ic + is) * a_rs + pc, a_rs, 1}
                                               : detail_gemm::Slice<T>{packed_a + is * kc, 1, R};
           };
-          for (std::ptrdiff_t js = 0; js < nc; js += N)
-            for (std::ptrdiff_t is = 0; is < mc; is += R)
+          for (std::ptrdiff_t js = 0; js < nc; js += N) {
+            // The strips of this panel share out the next panel's lines: a panel read in place
+            // may be far away (weights used once per forward), and its rows are a page or more
+            // apart, where the hardware prefetcher does not follow.
+            detail_gemm::TilePrefetch<Arch, T> ahead{detail_gemm::next_panel<Arch, T>(m, n, k, b, b_rs, b_cs, {jc, pc, ic, js})};
+            const std::ptrdiff_t per_strip = (ahead.panel.count() + strips - 1) / strips;
+            ahead.burst = (per_strip + kc - 1) / kc;
+            for (std::ptrdiff_t is = 0; is < mc; is += R) {
+              ahead.first = (is / R) * per_strip;
+              ahead.count = std::clamp<std::ptrdiff_t>(ahead.panel.count() - ahead.first, 0, per_strip);
               detail_gemm::tile<Arch, T>(kc, a_strip(is), b_panel(js), alpha, add, c + (ic + is) * ldc + jc + js, ldc,
-                                         std::min(R, mc - is), std::min(N, nc - js));
+                                         std::min(R, mc - is), std::min(N, nc - js), ahead);
+            }
+          }
         }
       }
     }

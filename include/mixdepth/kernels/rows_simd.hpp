@@ -81,20 +81,6 @@ namespace rows_detail {
 // at 8 KiB the same (bench/README.md).
 inline constexpr std::size_t l1_row_bytes = 8192;
 
-// Prefetches the line at p for reading, into L1 (to_l2 false) or L2 only.
-template <class Arch>
-inline void prefetch_line(const void* p, bool to_l2) noexcept {
-#if defined(__GNUC__)
-  if (to_l2)
-    __builtin_prefetch(p, 0, 2);
-  else
-    __builtin_prefetch(p, 0, 3);
-#else
-  (void)p;
-  (void)to_l2;
-#endif
-}
-
 }  // namespace rows_detail
 
 // dst row j = src row rows[j], for j in [0, n): contiguous row copies (hardware gathers are
@@ -122,14 +108,14 @@ void gather_rows(const T* src, std::ptrdiff_t src_stride, const std::int32_t* ro
       const T* __restrict in = src + std::ptrdiff_t{rows[j]} * src_stride;
       T* __restrict out = dst + j * dst_stride;
       const T* next = src + std::ptrdiff_t{rows[j + 1 < n ? j + 1 : j]} * src_stride;
-      rows_detail::prefetch_line<Arch>(next, to_l2);  // its first line: the loop below misses it for short rows and heads
+      shim::prefetch_line<Arch>(next, to_l2);  // its first line: the loop below misses it for short rows and heads
       // Elements before the first batch-aligned store; a T* is T-aligned, so this is exact.
       const std::uintptr_t misalign = reinterpret_cast<std::uintptr_t>(out) % align;
       std::ptrdiff_t c = misalign == 0 ? 0 : std::ptrdiff_t((align - misalign) / sizeof(T));
       if (c > d) c = d;
       for (std::ptrdiff_t h = 0; h < c; ++h) out[h] = in[h];
       for (; c + step <= d; c += step) {
-        for (std::ptrdiff_t p = 0; p < step; p += line) rows_detail::prefetch_line<Arch>(next + c + p, to_l2);
+        for (std::ptrdiff_t p = 0; p < step; p += line) shim::prefetch_line<Arch>(next + c + p, to_l2);
         const batch a0 = batch::load_unaligned(in + c);
         const batch a1 = batch::load_unaligned(in + c + width);
         const batch a2 = batch::load_unaligned(in + c + 2 * width);
@@ -167,7 +153,7 @@ void scatter_gated(const T* x, std::ptrdiff_t x_stride, T* y, std::ptrdiff_t y_s
       const T* next = x + std::ptrdiff_t{rows[j + 1 < n ? j + 1 : j]} * x_stride;
       const batch gate(g);
       for (; c + 2 * width <= d; c += 2 * width) {
-        for (std::ptrdiff_t p = 0; p < 2 * width; p += line) rows_detail::prefetch_line<Arch>(next + c + p, to_l2);
+        for (std::ptrdiff_t p = 0; p < 2 * width; p += line) shim::prefetch_line<Arch>(next + c + p, to_l2);
         const batch p0 = shim::rounded<Arch>(gate * batch::load_unaligned(fr + c));
         const batch p1 = shim::rounded<Arch>(gate * batch::load_unaligned(fr + c + width));
         (batch::load_unaligned(xr + c) + p0).store_unaligned(yr + c);

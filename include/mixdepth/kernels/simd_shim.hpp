@@ -1,7 +1,8 @@
 #pragma once
 // The operations xsimd 8.1 lacks, written once per architecture: lane masks as integer bits,
 // compress (selected lanes packed to the front, in lane order), the positions of set bits,
-// horizontal max/min, and a barrier that keeps a product from being fused into an FMA.
+// horizontal max/min, a prefetch hint, and a barrier that keeps a product from being fused
+// into an FMA.
 //
 // AVX-512 uses mask registers and vpcompress; AVX2 uses movemask and a permutation table;
 // every other xsimd architecture goes through memory with plain loops. Every function here
@@ -549,6 +550,22 @@ inline xsimd::batch<T, Arch> fma(const xsimd::batch<T, Arch>& a, const xsimd::ba
   {
     return xsimd::fma(a, b, c);
   }
+}
+
+// ---- prefetch ----------------------------------------------------------------------------------
+
+// Prefetches the line at p for reading, into L1 (to_l2 false) or L2 only (prefetcht1).
+template <class Arch>
+inline void prefetch_line(const void* p, bool to_l2) noexcept {
+#if defined(__GNUC__)
+  if (to_l2)
+    __builtin_prefetch(p, 0, 2);
+  else
+    __builtin_prefetch(p, 0, 3);
+#else
+  (void)p;
+  (void)to_l2;
+#endif
 }
 
 // ---- rounding barrier -------------------------------------------------------------------------
