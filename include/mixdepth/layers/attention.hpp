@@ -52,6 +52,8 @@ struct AttentionWeights {
 
 template <class T>
 class Attention {
+  using KeysByColumn = Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
  public:
   // Queries are scored this many at a time: bounds the score scratch to
   // query_block_rows x keys, and lets a block skip the keys none of its queries can see.
@@ -187,31 +189,56 @@ class Attention {
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(head_dim)));
     const auto mark = arena.mark();
     T* score_storage = arena.take(std::min(n_queries, query_block_rows) * n_keys).data();
+    // One KV head's keys transposed, [head_dim, n_keys] with rows `stride` apart, so the score
+    // products read them in place rather than packing the transpose again for every block of
+    // queries. The stride is an odd number of cache lines, so that the rows do not crowd into
+    // a few cache sets (as rows a multiple of 4 KiB apart would). A single query (a decode
+    // step) multiplies by the transpose directly.
+    const bool transpose_keys = n_queries > 1;
+    constexpr Index line = Index(64 / sizeof(T));
+    Index stride = (n_keys + line - 1) / line * line;
+    if ((stride / line) % 2 == 0) stride += line;
+    KeysByColumn keys_t(transpose_keys ? arena.take(head_dim * stride).data() : nullptr, head_dim,
+                        transpose_keys ? n_keys : 0, Eigen::OuterStride<>(stride));
     std::array<Index, query_block_rows> visible{};  // keys each query of the block may see
+    std::array<T, query_block_rows> inverse_sum{};  // 1 / its softmax denominator
 
-    for (Index first = 0; first < n_queries; first += query_block_rows) {
-      const Index rows = std::min(query_block_rows, n_queries - first);
-      Index widest = 0;  // the block never reads keys past the last one any of its queries sees
-      for (Index r = 0; r < rows; ++r) {
-        visible[std::size_t(r)] = visible_keys(key_positions, n_keys, query_positions[first + r]);
-        widest = std::max(widest, visible[std::size_t(r)]);
-      }
-      if (widest == 0) {
-        context.middleRows(first, rows).setZero();
-        continue;
-      }
-      RowMatrixMap<T> scores(score_storage, rows, widest);
-      for (Index head = 0; head < config_.n_heads; ++head) {
-        const Index kv_head = head / heads_per_kv;
-        // The 1/sqrt(head_dim) scale waits for the softmax: a scaled product expression
-        // would make Eigen evaluate into a heap temporary.
-        mixdepth::detail::product(scores, queries.block(first, head * head_dim, rows, head_dim),
-                                  keys.block(0, kv_head * head_dim, widest, head_dim).transpose(),
-                                  &arena);
+    for (Index head = 0; head < config_.n_heads; ++head) {
+      const Index kv_head = head / heads_per_kv;
+      const auto head_keys = keys.block(0, kv_head * head_dim, n_keys, head_dim);
+      if (transpose_keys && head % heads_per_kv == 0)
+        for (Index j = 0; j < n_keys; ++j) keys_t.col(j) = head_keys.row(j).transpose();
+      for (Index first = 0; first < n_queries; first += query_block_rows) {
+        const Index rows = std::min(query_block_rows, n_queries - first);
+        Index widest = 0;  // the block never reads keys past the last one any of its queries sees
+        for (Index r = 0; r < rows; ++r) {
+          visible[std::size_t(r)] = visible_keys(key_positions, n_keys, query_positions[first + r]);
+          widest = std::max(widest, visible[std::size_t(r)]);
+        }
+        auto context_block = context.block(first, head * head_dim, rows, head_dim);
+        if (widest == 0) {
+          context_block.setZero();
+          continue;
+        }
+        RowMatrixMap<T> scores(score_storage, rows, widest);
+        const auto query_block = queries.block(first, head * head_dim, rows, head_dim);
+        if (transpose_keys) {
+          mixdepth::detail::product(scores, query_block, keys_t.leftCols(widest), &arena, scale);
+        } else {
+          // Eigen's GEMV would take a heap temporary for a scaled operand: scale afterwards.
+          mixdepth::detail::product(scores, query_block, head_keys.topRows(widest).transpose(), &arena);
+          scores *= scale;
+        }
         for (Index r = 0; r < rows; ++r)
-          softmax_prefix(scores.row(r), visible[std::size_t(r)], scale);
-        mixdepth::detail::product(context.block(first, head * head_dim, rows, head_dim), scores,
+          inverse_sum[std::size_t(r)] = softmax_numerators(scores.row(r), visible[std::size_t(r)]);
+        mixdepth::detail::product(context_block, scores,
                                   values.block(0, kv_head * head_dim, widest, head_dim), &arena);
+        for (Index r = 0; r < rows; ++r) {
+          if (visible[std::size_t(r)] == 0)
+            context_block.row(r).setZero();
+          else
+            context_block.row(r) *= inverse_sum[std::size_t(r)];
+        }
       }
     }
     arena.rewind(mark);
@@ -262,20 +289,19 @@ class Attention {
     return low;
   }
 
-  // Softmax of scale * scores over the first `count` entries of a score row (the max is
-  // subtracted first, so exp never overflows); the entries after them, masked by causality,
-  // become exact zeros. scale > 0 keeps the max where it was.
+  // The softmax numerators of a row of (already scaled) scores over its first `count`
+  // entries, exp(score - max) (the max is subtracted first, so exp never overflows), in
+  // place; the entries after them, masked by causality, become exact zeros. Returns 1 / the
+  // sum of the numerators (0 when count is 0): the caller scales the weighted sum of values
+  // by it, so the row itself is never divided.
   template <class Row>
-  static void softmax_prefix(Row row, Index count, T scale) {
-    if (count == 0) {
-      row.setZero();
-      return;
-    }
+  static T softmax_numerators(Row row, Index count) {
+    row.tail(row.size() - count).setZero();
+    if (count == 0) return T(0);
     auto seen = row.head(count);
     const T largest = seen.maxCoeff();
-    seen.array() = ((seen.array() - largest) * scale).exp();
-    seen *= T(1) / seen.sum();
-    row.tail(row.size() - count).setZero();
+    seen.array() = (seen.array() - largest).exp();
+    return T(1) / seen.sum();
   }
 
   // Builds the argument's name only on failure: the checks run on every decode step.
