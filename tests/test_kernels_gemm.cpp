@@ -87,7 +87,7 @@ void check_against_reference(const char* arch, const Operands<T>& o, T alpha, bo
                                   2 * std::fabs(double(before)) + std::fabs(double(want)));
       const double error = std::fabs(double(W(c[std::size_t(i * ldc + j)]) - want));
       if (!(error <= bound) && bad++ < 3) {
-        INFO("arch=", arch, " m=", o.m, " n=", o.n, " k=", o.k, " i=", i, " j=", j, " error=", error,
+        INFO("arch=", std::string(arch), " m=", o.m, " n=", o.n, " k=", o.k, " i=", i, " j=", j, " error=", error,
              " bound=", bound);
         CHECK(error <= bound);
       }
@@ -154,7 +154,7 @@ TEST_CASE_TEMPLATE("kernel gemm: a coefficient depends on its row, its column an
         for (std::ptrdiff_t j = 0; j < nn; ++j)
           same = same && std::memcmp(&window[std::size_t(i * nn + j)], &full[std::size_t((i0 + i) * n + j0 + j)],
                                      sizeof(T)) == 0;
-      INFO("arch=", Arch::name(), " m=", m, " n=", n, " k=", k, " i0=", i0, " j0=", j0);
+      INFO("arch=", std::string(Arch::name()), " m=", m, " n=", n, " k=", k, " i0=", i0, " j0=", j0);
       CHECK(same);
     });
   }
@@ -177,7 +177,7 @@ TEST_CASE_TEMPLATE("kernel gemm: a NaN or infinity stays in its own row and colu
         else if (j == 66) wrong += !std::isinf(v);
         else wrong += !std::isfinite(v);
       }
-    INFO("arch=", Arch::name());
+    INFO("arch=", std::string(Arch::name()));
     CHECK(wrong == 0);
   });
 }
@@ -224,7 +224,7 @@ TEST_CASE_TEMPLATE("kernel gemm: next_panel names the next panel read in place, 
                 ++panels;
               }
             }
-      INFO("arch=", Arch::name());
+      INFO("arch=", std::string(Arch::name()));
       CHECK(panels > 500);
       CHECK(wrong == 0);
       CHECK(outside == 0);

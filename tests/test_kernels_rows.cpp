@@ -61,7 +61,7 @@ TEST_CASE_TEMPLATE("kernel router_scores equals x w + bias in double precision, 
           const double error = std::fabs(double(logits[std::size_t(r)]) - reference[std::size_t(r)]);
           const double bound = eps * (double(d) / 4 + 4) * magnitude[std::size_t(r)];
           if (!(error <= bound)) {
-            INFO("arch=", Arch::name(), " d=", d, " rows=", rows, " row=", r, " error=", error, " bound=", bound);
+            INFO("arch=", std::string(Arch::name()), " d=", d, " rows=", rows, " row=", r, " error=", error, " bound=", bound);
             CHECK(error <= bound);
           }
         }
@@ -96,7 +96,7 @@ TEST_CASE_TEMPLATE("kernel gather_rows equals the portable gather bit for bit", 
           using Arch = decltype(arch);
           std::vector<T> actual(padded_expected.size(), T(7));  // gaps between strided rows stay untouched
           kernels::gather_rows<Arch>(src.data(), src_stride, rows.data(), n, d, actual.data() + shift, dst_stride);
-          INFO("arch=", Arch::name(), " d=", d, " n=", n, " shift=", shift);
+          INFO("arch=", std::string(Arch::name()), " d=", d, " n=", n, " shift=", shift);
           CHECK(same_bits(actual, padded_expected));
           ++checked;
         });
@@ -132,7 +132,7 @@ TEST_CASE_TEMPLATE("kernel scatter_gated equals the portable scatter bit for bit
                                       rows.data(), n, d, update.data(), update_stride, gates.data());
       for_each_arch([&](auto arch) {
         using Arch = decltype(arch);
-        INFO("arch=", Arch::name(), " d=", d, " n=", n);
+        INFO("arch=", std::string(Arch::name()), " d=", d, " n=", n);
         std::vector<T> out_of_place(expected.size(), T(3));
         kernels::scatter_gated<Arch>(x.data(), x_stride, out_of_place.data(), y_stride, rows.data(), n, d,
                                      update.data(), update_stride, gates.data());
@@ -159,7 +159,7 @@ TEST_CASE("kernel scatter_gated rounds the product before the sum (no fused mult
     for (std::ptrdiff_t d : {1, 8, 16, 33}) {
       std::vector<float> xs(std::size_t(d), x), fs(std::size_t(d), f), ys(std::size_t(d), 9.0f);
       kernels::scatter_gated<Arch>(xs.data(), d, ys.data(), d, &row, 1, d, fs.data(), d, &g);
-      INFO("arch=", Arch::name(), " d=", d);
+      INFO("arch=", std::string(Arch::name()), " d=", d);
       for (float y : ys) CHECK(y == 0.0f);  // rounded: -1 + 1 = 0; fused would give -2^-46
     }
   });

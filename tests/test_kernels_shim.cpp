@@ -24,7 +24,7 @@ void check_key_operations(std::mt19937_64& rng) {
       const auto mask = v > batch::load_unaligned(threshold_lane);
       std::uint32_t expected_bits = 0;
       for (std::size_t i = 0; i < lanes; ++i) expected_bits |= std::uint32_t(in[i] > 0) << i;
-      INFO("arch=", Arch::name(), " lanes=", lanes);
+      INFO("arch=", std::string(Arch::name()), " lanes=", lanes);
       CHECK(kernels::shim::mask_bits<Arch>(mask) == expected_bits);
       CHECK(kernels::shim::popcount<Arch>(expected_bits) == __builtin_popcount(expected_bits));
 
@@ -81,7 +81,7 @@ void check_float_reductions(std::mt19937_64& rng) {
         least = std::min(least, x);
         sum += x;
       }
-      INFO("arch=", Arch::name());
+      INFO("arch=", std::string(Arch::name()));
       CHECK(kernels::shim::reduce_max<Arch>(v) == most);
       CHECK(kernels::shim::reduce_min<Arch>(v) == least);
       CHECK(kernels::shim::reduce_add<Arch>(v) == sum);
@@ -108,7 +108,7 @@ void check_sum_fold_order(std::mt19937_64& rng, long& checked) {
         std::copy(next, next + lanes, fold);
       }
       const T actual = kernels::shim::reduce_add<Arch>(batch::load_unaligned(in));
-      INFO("arch=", Arch::name(), " trial=", trial);
+      INFO("arch=", std::string(Arch::name()), " trial=", trial);
       CHECK(std::memcmp(&actual, &fold[0], sizeof(T)) == 0);
       ++checked;
     }

@@ -46,7 +46,7 @@ int mismatches(const std::vector<T>& s, std::ptrdiff_t k, std::ptrdiff_t valid, 
       guards_intact = guards_intact && actual[std::size_t(i)] == guard && actual[std::size_t(32 + k + i)] == guard;
     const bool same = guards_intact && std::equal(expected.begin(), expected.end(), actual.begin() + 32);
     if (!same) {
-      INFO("arch=", Arch::name(), " T=", sizeof(T) == 4 ? "float" : "double", " n=", n, " k=", k, " valid=", valid,
+      INFO("arch=", std::string(Arch::name()), " T=", std::string(sizeof(T) == 4 ? "float" : "double"), " n=", n, " k=", k, " valid=", valid,
            " distribution=", what, " guards intact=", guards_intact);
       CHECK(same);
       ++failures;

@@ -577,7 +577,7 @@ TEST_CASE_TEMPLATE("Block(router, capacity, sequential(attention, mlp)) computes
       const double g = gate == Gate::identity ? r : 1.0 / (1.0 + std::exp(-r));
       expected.row(rows[j]) += g * update.row(Index(j));
     }
-    INFO("gate ", gate == Gate::identity ? "identity" : "sigmoid");
+    INFO("gate ", std::string(gate == Gate::identity ? "identity" : "sigmoid"));
     CHECK(relative_difference(y, expected) <= tolerance<T>());
     // Rows that were not routed come through bit for bit.
     for (Index r = 0; r < x.rows(); ++r)

@@ -87,7 +87,7 @@ TEST_CASE("product() and add_product() allocate nothing once warm: transposed op
 TEST_CASE("Block forward, forward_inplace and forward_dense allocate nothing once warm (d 512 and GQA)" *
           doctest::skip(!counting)) {
   for (const Config& c : configs()) {
-    CAPTURE(c.name);
+    INFO("case ", std::string(c.name));
     const Index d = c.attention.d_model;
     Block<float, Layer> block(Router<float>(random_vector<float>(d, 7)), Capacity::fraction(0.5),
                               make_layer(c.attention, c.hidden, 8));
@@ -114,7 +114,7 @@ TEST_CASE("Block forward, forward_inplace and forward_dense allocate nothing onc
 TEST_CASE("Block::forward_causal with a CausalPredictor allocates nothing once warm" *
           doctest::skip(!counting)) {
   for (const Config& c : configs()) {
-    CAPTURE(c.name);
+    INFO("case ", std::string(c.name));
     const Index d = c.attention.d_model;
     Block<float, Layer> block(Router<float>(random_vector<float>(d, 10)), Capacity::fraction(0.25),
                               make_layer(c.attention, c.hidden, 11));
