@@ -105,9 +105,10 @@ void check_against_reference(const char* arch, const Operands<T>& o, T alpha, bo
 TEST_CASE_TEMPLATE("kernel gemm equals A B in wider precision, within rounding, on every tile edge", T, float,
                    double) {
   std::mt19937_64 rng(21);
-  // 6 rows per tile; 64/32/16/8 columns per tile; 512/256 deep per panel; 384 rows and
-  // 1536 columns per block: sizes on both sides of each.
-  const std::ptrdiff_t ms[] = {1, 2, 5, 6, 7, 13, 64, 383, 385};
+  // 6 rows per tile (a last strip of 1-5 rows runs a tile of its height); 64/32/16/8 columns
+  // per tile; 512/256 deep per panel; 384 rows and 1536 columns per block: sizes on both
+  // sides of each.
+  const std::ptrdiff_t ms[] = {1, 2, 3, 4, 5, 6, 7, 13, 64, 383, 385};
   const std::ptrdiff_t ns[] = {1, 3, 8, 15, 16, 17, 31, 33, 63, 64, 65, 130, 1537};
   const std::ptrdiff_t ks[] = {0, 1, 2, 7, 64, 255, 257, 513};
   long cases = 0;

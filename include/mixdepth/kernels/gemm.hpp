@@ -10,8 +10,9 @@
 // depth and `nc` columns of B, and `mc` rows of A, and a register tile of rows x cols
 // accumulates with fused multiply-adds (AVX-512: 6 x 64 floats in 24 registers; 6 x 16 on
 // AVX2). Operands whose rows are contiguous (the layers' row-major activations and weights)
-// are read in place; a transposed operand, and the last partial strip or panel, are packed
-// first (zero-padded to a whole tile). Plain loops (scalar_arch) run i-p-j with one
+// are read in place; a transposed operand, and the last partial panel, are packed first
+// (zero-padded to a whole tile). The last strip of a block, when it has fewer rows than a
+// tile, runs a tile of its own height. Plain loops (scalar_arch) run i-p-j with one
 // multiply-add per element and no blocking.
 //
 // The rows of a panel of B read in place lie a whole row of B apart (6 KiB in a 512 x 1536
@@ -19,8 +20,8 @@
 // often cold (each layer's are read once per forward). So while the strips of one panel run,
 // they prefetch the next panel read in place into L2, each strip its share of the lines.
 //
-// Rounding: C(i, j) is a function of row i of A, column j of B and k alone (zero-padding
-// makes the edge tiles accumulate in the same order as full ones): the same row gives the
+// Rounding: C(i, j) is a function of row i of A, column j of B and k alone (an edge tile
+// accumulates each coefficient in the same order as a full one): the same row gives the
 // same result whichever other rows come with it, and the result does not depend on the
 // position of the row in the product. Depth is summed in order within each kc block of
 // depth, with the blocks added to C in order.
@@ -28,6 +29,7 @@
 #include <cstddef>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "arch.hpp"
 #include "simd_shim.hpp"
@@ -99,7 +101,7 @@ void pack_b_panel(const T* b, std::ptrdiff_t b_rs, std::ptrdiff_t b_cs, std::ptr
   }
 }
 
-// out[p * rows + i] = A(i, p) for i < height, p < kc; rows height..rows-1 are zero.
+// out[p * rows + i] = A(i, p) for i < height, p < kc (a tile of that height reads no more).
 template <class Arch, class T>
 void pack_a_strip(const T* a, std::ptrdiff_t a_rs, std::ptrdiff_t a_cs, std::ptrdiff_t kc,
                   std::ptrdiff_t height, std::ptrdiff_t rows, T* out) noexcept {
@@ -107,8 +109,6 @@ void pack_a_strip(const T* a, std::ptrdiff_t a_rs, std::ptrdiff_t a_cs, std::ptr
     const T* row = a + i * a_rs;
     for (std::ptrdiff_t p = 0; p < kc; ++p) out[p * rows + i] = row[p * a_cs];
   }
-  for (std::ptrdiff_t i = height; i < rows; ++i)
-    for (std::ptrdiff_t p = 0; p < kc; ++p) out[p * rows + i] = T(0);
 }
 
 // An operand as the tile reads it: element (i, p) of an A strip, or row p of a B panel, at
@@ -175,20 +175,22 @@ struct TilePrefetch {
   std::ptrdiff_t burst = 1;
 };
 
-// The register tile: acc = A strip x B panel over kc, then C = alpha acc (+ C when add) for
-// the first `height` rows and `width` columns. Each operand is either packed or read in
-// place (an A strip of contiguous rows, a B panel of contiguous columns). Meanwhile it
-// prefetches its share of the next panel (`ahead`), which only moves data.
-template <class Arch, class T>
+// The register tile: acc = A strip x B panel over kc for the strip's H rows, then
+// C = alpha acc (+ C when add) for those rows and the first `width` columns. Each operand is
+// either packed or read in place (an A strip of contiguous rows, a B panel of contiguous
+// columns). Meanwhile it prefetches its share of the next panel (`ahead`), which only moves
+// data.
+template <class Arch, class T, int H>
 void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool add, T* c, std::ptrdiff_t ldc,
-          std::ptrdiff_t height, std::ptrdiff_t width, const TilePrefetch<Arch, T>& ahead) noexcept {
+          std::ptrdiff_t width, const TilePrefetch<Arch, T>& ahead) noexcept {
   using Blocking = gemm_blocking<Arch, T>;
   using batch = xsimd::batch<T, Arch>;
-  constexpr int R = int(Blocking::rows), V = Blocking::vectors;
+  constexpr int V = Blocking::vectors;
   constexpr std::ptrdiff_t L = Blocking::lanes, N = Blocking::cols;
-  batch acc[R][V];
+  static_assert(H >= 1 && H <= Blocking::rows);
+  batch acc[H][V];
 #pragma GCC unroll 8
-  for (int i = 0; i < R; ++i)
+  for (int i = 0; i < H; ++i)
 #pragma GCC unroll 8
     for (int v = 0; v < V; ++v) acc[i][v] = batch(T(0));
   for (std::ptrdiff_t p = 0, q = 0; p < kc; ++p) {
@@ -199,7 +201,7 @@ void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool a
     for (int v = 0; v < V; ++v) b[v] = batch::load_unaligned(b_panel.data + p * b_panel.depth + v * L);
     const T* a = a_strip.data + p * a_strip.depth;
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) {
+    for (int i = 0; i < H; ++i) {
       const batch ai(a[i * a_strip.row]);
 #pragma GCC unroll 8
       for (int v = 0; v < V; ++v) acc[i][v] = shim::fma<Arch>(ai, b[v], acc[i][v]);
@@ -208,9 +210,9 @@ void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool a
   // alpha * acc is rounded before it is added to C, in both paths below, whatever the
   // compiler's contraction flags: full and edge tiles must round alike.
   const batch scale(alpha);
-  if (height == R && width == N) {
+  if (width == N) {
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i)
+    for (int i = 0; i < H; ++i)
 #pragma GCC unroll 8
       for (int v = 0; v < V; ++v) {
         T* out = c + i * ldc + v * L;
@@ -219,12 +221,12 @@ void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool a
       }
     return;
   }
-  alignas(64) T spill[R * N];
+  alignas(64) T spill[H * N];
 #pragma GCC unroll 8
-  for (int i = 0; i < R; ++i)
+  for (int i = 0; i < H; ++i)
 #pragma GCC unroll 8
     for (int v = 0; v < V; ++v) shim::rounded<Arch>(acc[i][v] * scale).store_aligned(spill + i * N + v * L);
-  for (std::ptrdiff_t i = 0; i < height; ++i) {
+  for (std::ptrdiff_t i = 0; i < H; ++i) {
     T* out = c + i * ldc;
     const T* in = spill + i * N;
     if (add)
@@ -232,6 +234,17 @@ void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool a
     else
       std::copy(in, in + width, out);
   }
+}
+
+// tile<Arch, T, height>: a strip of fewer rows than a whole tile (the last of a block) runs
+// a tile of its own height instead of multiplying zero rows.
+template <class Arch, class T, std::size_t... H>
+void tile_of_height(std::index_sequence<H...>, std::ptrdiff_t height, std::ptrdiff_t kc, Slice<T> a_strip,
+                    Slice<T> b_panel, T alpha, bool add, T* c, std::ptrdiff_t ldc, std::ptrdiff_t width,
+                    const TilePrefetch<Arch, T>& ahead) noexcept {
+  (void)((height == std::ptrdiff_t(H + 1) &&
+          (tile<Arch, T, int(H + 1)>(kc, a_strip, b_panel, alpha, add, c, ldc, width, ahead), true)) ||
+         ...);
 }
 
 }  // namespace detail_gemm
@@ -287,13 +300,13 @@ void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T
         for (std::ptrdiff_t ic = 0; ic < m; ic += Blocking::mc) {
           const std::ptrdiff_t mc = std::min(Blocking::mc, m - ic);
           const std::ptrdiff_t strips = (mc + R - 1) / R;
-          for (std::ptrdiff_t is = 0; is < mc; is += R)
-            if (!a_in_place || mc - is < R)
+          if (!a_in_place)
+            for (std::ptrdiff_t is = 0; is < mc; is += R)
               detail_gemm::pack_a_strip<Arch>(a + (ic + is) * a_rs + pc * a_cs, a_rs, a_cs, kc, std::min(R, mc - is),
                                               R, packed_a + is * kc);
           auto a_strip = [&](std::ptrdiff_t is) {
-            return a_in_place && mc - is >= R ? detail_gemm::Slice<T>{a + (ic + is) * a_rs + pc, a_rs, 1}
-                                              : detail_gemm::Slice<T>{packed_a + is * kc, 1, R};
+            return a_in_place ? detail_gemm::Slice<T>{a + (ic + is) * a_rs + pc, a_rs, 1}
+                              : detail_gemm::Slice<T>{packed_a + is * kc, 1, R};
           };
           for (std::ptrdiff_t js = 0; js < nc; js += N) {
             // The strips of this panel share out the next panel's lines: a panel read in place
@@ -305,8 +318,9 @@ void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T
             for (std::ptrdiff_t is = 0; is < mc; is += R) {
               ahead.first = (is / R) * per_strip;
               ahead.count = std::clamp<std::ptrdiff_t>(ahead.panel.count() - ahead.first, 0, per_strip);
-              detail_gemm::tile<Arch, T>(kc, a_strip(is), b_panel(js), alpha, add, c + (ic + is) * ldc + jc + js, ldc,
-                                         std::min(R, mc - is), std::min(N, nc - js), ahead);
+              detail_gemm::tile_of_height<Arch, T>(std::make_index_sequence<std::size_t(R)>{}, std::min(R, mc - is), kc,
+                                                   a_strip(is), b_panel(js), alpha, add, c + (ic + is) * ldc + jc + js,
+                                                   ldc, std::min(N, nc - js), ahead);
             }
           }
         }
