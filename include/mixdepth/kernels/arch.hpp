@@ -12,6 +12,14 @@
 
 #include <xsimd/xsimd.hpp>
 
+// The kernels promise the same bits as their portable references, which needs every float
+// and double operation rounded to its own type. x87 arithmetic (32-bit x86 without
+// -mfpmath=sse) keeps excess precision wherever the compiler leaves values in registers:
+// compiled with -m32 alone, the gated scatter's kernel and reference differed.
+#if defined(__FLT_EVAL_METHOD__) && (__FLT_EVAL_METHOD__ == 1 || __FLT_EVAL_METHOD__ == 2)
+#error "mixdepth needs float and double arithmetic without excess precision (FLT_EVAL_METHOD 0): on 32-bit x86 compile with -msse2 -mfpmath=sse"
+#endif
+
 // AVX-512 with VBMI2 (byte compress) in this unit's flags.
 #if XSIMD_WITH_AVX512BW && defined(__AVX512VBMI2__)
 #define MIXDEPTH_WITH_AVX512VBMI2 1
