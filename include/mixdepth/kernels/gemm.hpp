@@ -285,9 +285,9 @@ void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T
       for (std::ptrdiff_t pc = 0; pc < k; pc += Blocking::kc) {
         const std::ptrdiff_t kc = std::min(Blocking::kc, k - pc);
         const bool add = accumulate || pc > 0;
-        // Whole panels of a B with contiguous rows are read in place, and whole strips of an A
-        // with contiguous rows; the others (a last partial panel or strip, a transposed
-        // operand) are packed, zero-padded to full width.
+        // Whole panels of a B with contiguous rows are read in place, and every strip of an A
+        // with contiguous rows (a last, shorter strip too: its tile has its height); a last
+        // partial panel is packed zero-padded to full width, and a transposed operand packed.
         const bool b_in_place = b_cs == 1, a_in_place = a_cs == 1;
         for (std::ptrdiff_t js = 0; js < nc; js += N)
           if (!b_in_place || nc - js < N)
