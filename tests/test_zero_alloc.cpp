@@ -154,6 +154,16 @@ TEST_CASE("the layers' steps allocate nothing once their arena has grown (d 512)
           attention(x, out, &arena);
           mlp(x, out, &arena);
         }) == 0);
+  // Query counts whose last block of 64 holds one row (a GEMV in Eigen), and neighbours.
+  for (const Index m : {Index{65}, Index{129}, Index{66}, Index{1}}) {
+    INFO("queries ", m);
+    const auto first = [m](auto& matrix) { return matrix.topRows(m); };
+    const std::span<const Position> at(positions.data(), static_cast<std::size_t>(m));
+    CHECK(mallocs_after_warm_up([&] {
+            attention.attend(first(queries), at, keys, values, positions, first(context), &arena);
+            attention(x.topRows(m), first(out), &arena);
+          }) == 0);
+  }
 }
 
 #if __has_include(<mixdepth/layers/cached_attention.hpp>)

@@ -85,7 +85,8 @@ class Attention {
   const RotaryEmbedding<T>& rotary() const { return rotary_; }
 
   // Block function: out = Attn(RMSNorm(in.x)) with each sequence of `in` attending within
-  // itself, causally by in.positions. Scratch (Q, K, V, normalised rows, one score block)
+  // itself, causally by in.positions. Scratch (Q, K, V, normalised rows, one score block, one
+  // KV head's keys transposed)
   // comes from in.scratch, or a local arena when it is null. out may be in.x itself.
   void operator()(const Routed<T>& in, MatrixRef<T> out) const {
     constexpr std::string_view where = "Attention";
@@ -222,13 +223,14 @@ class Attention {
         }
         RowMatrixMap<T> scores(score_storage, rows, widest);
         const auto query_block = queries.block(first, head * head_dim, rows, head_dim);
-        if (transpose_keys) {
-          mixdepth::detail::product(scores, query_block, keys_t.leftCols(widest), &arena, scale);
-        } else {
-          // Eigen's GEMV would take a heap temporary for a scaled operand: scale afterwards.
-          mixdepth::detail::product(scores, query_block, head_keys.topRows(widest).transpose(), &arena);
-          scores *= scale;
-        }
+        // A block of one query row is a GEMV, which Eigen evaluates, and Eigen's GEMV takes a
+        // heap temporary for a scaled operand: such a row is scaled after the product.
+        const T alpha = rows > 1 ? scale : T(1);
+        if (transpose_keys)
+          mixdepth::detail::product(scores, query_block, keys_t.leftCols(widest), &arena, alpha);
+        else
+          mixdepth::detail::product(scores, query_block, head_keys.topRows(widest).transpose(), &arena, alpha);
+        if (rows == 1) scores *= scale;
         for (Index r = 0; r < rows; ++r)
           inverse_sum[std::size_t(r)] = softmax_numerators(scores.row(r), visible[std::size_t(r)]);
         mixdepth::detail::product(context_block, scores,
