@@ -62,7 +62,7 @@ std::string error_message(Call&& call) {
 // Requires the message to name each of the given fragments.
 inline void require_mentions(const std::string& message, std::initializer_list<const char*> parts) {
   for (const char* p : parts) {
-    INFO("message: ", message, " | expected to contain: ", p);
+    INFO("message: ", message, " | expected to contain: ", std::string(p));
     CHECK(message.find(p) != std::string::npos);
   }
 }

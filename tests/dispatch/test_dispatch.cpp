@@ -150,7 +150,7 @@ TEST_CASE("dispatch: the library lists its tables, best first, the scalar one la
   REQUIRE(!tables.empty());
   std::set<std::string> archs;
   for (const kernel_table* t : tables) {
-    INFO("table ", t->arch);
+    INFO("table ", std::string(t->arch));
     CHECK(std::string(t->name) == MIXDEPTH_TEST_DISPATCH_TARGET);
     CHECK(archs.insert(t->arch).second);
     CHECK(bool(t->top_k_float));
@@ -190,7 +190,7 @@ TEST_CASE("dispatch: active() is the best table this CPU runs, by /proc/cpuinfo"
   CHECK(std::string(active.arch) == expected_arch(flags, compiled));
   // supported() agrees with the flags for every table.
   for (const kernel_table* t : tables) {
-    INFO("table ", t->arch);
+    INFO("table ", std::string(t->arch));
     const std::string arch = t->arch;
     const bool expected = arch == "scalar" || expected_arch(flags, {arch}) == arch;
     CHECK(runtime::supported(*t) == expected);
@@ -239,7 +239,7 @@ TEST_CASE_TEMPLATE("dispatch: every table the CPU runs equals the portable top-k
             const bool same = std::equal(expected.begin(), expected.end(), actual.begin()) &&
                               std::all_of(actual.begin() + k, actual.end(), [](std::int32_t v) { return v == -7; });
             if (!same) {
-              INFO("table=", table.arch, " n=", n, " kind=", kind, " k=", k, " valid=", valid);
+              INFO("table=", std::string(table.arch), " n=", n, " kind=", kind, " k=", k, " valid=", valid);
               CHECK(same);
               ++failures;
             }
@@ -268,7 +268,7 @@ TEST_CASE_TEMPLATE("dispatch: every table the CPU runs equals the portable gathe
         for (std::ptrdiff_t i = 0; i < rows_in; ++i) rows[std::size_t(i)] = std::int32_t(i);
         std::shuffle(rows.begin(), rows.end(), rng);
         rows.resize(std::size_t(n));  // distinct rows: the scatter writes each once
-        INFO("table=", table.arch, " d=", d, " n=", n);
+        INFO("table=", std::string(table.arch), " d=", d, " n=", n);
 
         std::vector<T> expected(std::size_t(std::max<std::ptrdiff_t>(n, 1) * d), T(5)), actual = expected;
         kernels::gather_rows_portable(x.data(), stride, rows.data(), n, d, expected.data(), d);
@@ -323,7 +323,7 @@ TEST_CASE_TEMPLATE("dispatch: every table the CPU runs scores like x w + bias in
             magnitude += std::fabs(term);
           }
           const double bound = double(std::numeric_limits<T>::epsilon()) * (double(d) / 4 + 4) * magnitude;
-          INFO("table=", table.arch, " d=", d, " rows=", rows, " row=", r);
+          INFO("table=", std::string(table.arch), " d=", d, " rows=", rows, " row=", r);
           CHECK(std::fabs(double(logits[std::size_t(r)]) - sum) <= bound);
         }
         CHECK(logits[std::size_t(rows)] == T(-99));

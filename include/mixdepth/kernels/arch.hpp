@@ -15,8 +15,9 @@
 // The kernels promise the same bits as their portable references, which needs every float
 // and double operation rounded to its own type. x87 arithmetic (32-bit x86 without
 // -mfpmath=sse) keeps excess precision wherever the compiler leaves values in registers:
-// compiled with -m32 alone, the gated scatter's kernel and reference differed.
-#if defined(__FLT_EVAL_METHOD__) && (__FLT_EVAL_METHOD__ == 1 || __FLT_EVAL_METHOD__ == 2)
+// compiled with -m32 alone, the gated scatter's kernel and reference differed. GCC reports
+// 2 for x87 arithmetic and -1 for a mix (-mfpmath=sse,387); only 0 is accepted.
+#if defined(__FLT_EVAL_METHOD__) && __FLT_EVAL_METHOD__ != 0
 #error "mixdepth needs float and double arithmetic without excess precision (FLT_EVAL_METHOD 0): on 32-bit x86 compile with -msse2 -mfpmath=sse"
 #endif
 

@@ -10,9 +10,9 @@
 // depth and `nc` columns of B, and `mc` rows of A, and a register tile of rows x cols
 // accumulates with fused multiply-adds (AVX-512: 6 x 64 floats in 24 registers; 6 x 16 on
 // AVX2). Operands whose rows are contiguous (the layers' row-major activations and weights)
-// are read in place; a transposed operand, and the last partial panel, are packed first
-// (zero-padded to a whole tile). The last strip of a block, when it has fewer rows than a
-// tile, runs a tile of its own height. Plain loops (scalar_arch) run i-p-j with one
+// are read in place; a transposed operand is packed first, and so is the last partial panel
+// of B (zero-padded to a whole tile). The last strip of a block, when it has fewer rows than
+// a tile, runs a tile of its own height. Plain loops (scalar_arch) run i-p-j with one
 // multiply-add per element and no blocking.
 //
 // The rows of a panel of B read in place lie a whole row of B apart (6 KiB in a 512 x 1536
@@ -310,8 +310,9 @@ void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T
           };
           for (std::ptrdiff_t js = 0; js < nc; js += N) {
             // The strips of this panel share out the next panel's lines: a panel read in place
-            // may be far away (weights used once per forward), and its rows are a page or more
-            // apart, where the hardware prefetcher does not follow.
+            // may be far away (weights used once per forward), and its rows are a whole row of
+            // B apart (a page or more from 1024 floats), where the hardware prefetcher does not
+            // follow.
             detail_gemm::TilePrefetch<Arch, T> ahead{detail_gemm::next_panel<Arch, T>(m, n, k, b, b_rs, b_cs, {jc, pc, ic, js})};
             const std::ptrdiff_t per_strip = (ahead.panel.count() + strips - 1) / strips;
             ahead.burst = (per_strip + kc - 1) / kc;
