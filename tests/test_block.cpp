@@ -306,6 +306,60 @@ TEST_CASE("Block rejects bad input with a message naming it, and leaves y untouc
   CHECK(bit_equal(x, before));
 }
 
+TEST_CASE("gather_rows and scatter_gated equal plain loops, and reject bad input before writing") {
+  const Index d = 6;
+  const RowMatrix<float> x = random_matrix<float>(9, d, 20);
+  const std::vector<Position> rows{1, 4, 8};
+  RowMatrix<float> gathered = RowMatrix<float>::Constant(3, d, 9.f);
+  gather_rows<float>(x, rows, gathered);
+  for (Index j = 0; j < 3; ++j) CHECK(rows_bit_equal(gathered, j, x, rows[std::size_t(j)]));
+
+  const RowMatrix<float> update = random_matrix<float>(3, d, 21);
+  const std::vector<float> gates{0.5f, -2.f, 3.f};
+  RowMatrix<float> y = RowMatrix<float>::Constant(9, d, 9.f);
+  scatter_gated<float>(x, rows, update, gates, y);
+  for (Index r = 0; r < 9; ++r) {
+    const auto j = std::find(rows.begin(), rows.end(), Position(r)) - rows.begin();
+    for (Index c = 0; c < d; ++c) {
+      const float expected = j < 3 ? x(r, c) + gates[std::size_t(j)] * update(j, c) : 9.f;  // other rows untouched
+      CHECK(y(r, c) == expected);
+    }
+  }
+
+  gathered.setConstant(9.f);
+  auto gathered_untouched = [&] { return (gathered.array() == 9.f).all(); };
+  const std::vector<Position> outside{1, 9, 2};
+  require_mentions(error_message([&] { gather_rows<float>(x, outside, gathered); }),
+                   {"gather_rows", "rows[1]", "[0, 9)", "got 9"});
+  RowMatrix<float> two_rows(2, d);
+  require_mentions(error_message([&] { gather_rows<float>(x, rows, two_rows); }), {"out.rows()", "expected 3", "got 2"});
+  CHECK(gathered_untouched());
+  // An output inside the source: the copy would read rows it had already overwritten.
+  RowMatrix<float> buffer = random_matrix<float>(9, d, 22);
+  const RowMatrix<float> buffer_before = buffer;
+  const std::vector<Position> swap{1, 0};
+  require_mentions(error_message([&] { gather_rows<float>(buffer, swap, buffer.topRows(2)); }),
+                   {"gather_rows", "out", "memory disjoint from x", "overlapping"});
+  CHECK(bit_equal(buffer, buffer_before));
+
+  y.setConstant(9.f);
+  require_mentions(error_message([&] { scatter_gated<float>(x, rows, update, std::span(gates).first(2), y); }),
+                   {"scatter_gated", "gates.size()", "expected 3", "got 2"});
+  require_mentions(error_message([&] { scatter_gated<float>(x, outside, update, gates, y); }), {"rows[1]", "got 9"});
+  require_mentions(error_message([&] { scatter_gated<float>(buffer.topRows(8), rows, update, gates, buffer.bottomRows(8)); }),
+                   {"y", "a partial overlap"});
+  CHECK((y.array() == 9.f).all());
+  CHECK(bit_equal(buffer, buffer_before));
+}
+
+TEST_CASE("Workspace::reserve rejects negative sizes, naming them") {
+  Workspace<float> ws;
+  require_mentions(error_message([&] { ws.reserve(Shape{-1, 4}, 8, 2); }), {"Workspace::reserve", "shape.batch", "-1"});
+  require_mentions(error_message([&] { ws.reserve(Shape{2, 4}, -8, 2); }), {"Workspace::reserve", "dim", ">= 0", "-8"});
+  require_mentions(error_message([&] { ws.reserve(Shape{2, 4}, 8, -2); }), {"Workspace::reserve", "k", ">= 0", "-2"});
+  ws.reserve(Shape{2, 4}, 8, 2);  // good sizes: no throw
+}
+
 TEST_CASE_TEMPLATE("forward_dense is the plain residual block x + f(x), in place or not, with padding", T, float, double) {
   const Index d = 11;
   const Shape shape{2, 9};

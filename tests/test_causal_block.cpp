@@ -97,6 +97,22 @@ TEST_CASE("forward_causal start positions shift what f sees, and a rule routing 
   CHECK(block.function().offsets == std::vector<Index>{0, 0, 0});
 }
 
+TEST_CASE("RouterThreshold::route rejects logits or decisions of the wrong length, writing nothing") {
+  const RowMatrix<float> x = random_matrix<float>(6, 4, 307);
+  const std::vector<float> logits(6, 1.f), short_logits(2, 1.f);
+  std::vector<std::uint8_t> routed(6, 7), short_routed(5, 7);
+  Arena<float> arena;
+  const RouterThreshold<float> rule{0.f};
+  require_mentions(error_message([&] { rule.route(x, short_logits, routed, arena); }),
+                   {"RouterThreshold::route", "router_logits.size()", "expected 6", "got 2"});
+  require_mentions(error_message([&] { rule.route(x, logits, short_routed, arena); }),
+                   {"RouterThreshold::route", "routed.size()", "expected 6", "got 5"});
+  CHECK(routed == std::vector<std::uint8_t>(6, 7));
+  CHECK(short_routed == std::vector<std::uint8_t>(5, 7));
+  rule.route(x, logits, routed, arena);
+  CHECK(routed == std::vector<std::uint8_t>(6, 1));
+}
+
 TEST_CASE("forward_causal rejects bad start positions and leaves y untouched") {
   const Index d = 4;
   const Shape shape{2, 3};

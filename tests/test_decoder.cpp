@@ -189,6 +189,61 @@ TEST_CASE("decoder: bad steps throw mixdepth::Error and leave caches and positio
   KvCache<float> cache(1, 4, 2);
   require_mentions(error_message([&] { cache.truncate(0, 1); }), {"KvCache::truncate", "size", "[0, 0]"});
   require_mentions(error_message([&] { (void)cache.size(3); }), {"sequence", "[0, 1)", "3"});
+  const std::vector<Position> two_positions{0, 1};
+  require_mentions(error_message([&] { cache.check_append("test", 0, -1, {}); }), {"test", "count", ">= 0", "-1"});
+  require_mentions(error_message([&] { cache.check_append("test", 0, 1, two_positions); }),
+                   {"positions.size()", "expected 1", "got 2"});
+  cache.check_append("test", 0, 2, two_positions);  // fits: no throw
+}
+
+TEST_CASE("decoder: bad reset, config and layer_inputs calls throw before anything changes") {
+  Decoder<float> decoder(small_config(), 46);
+  const Shape shape{1, 4};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), 32, 12);
+  RowMatrix<float> y(shape.rows(), 32);
+  decoder.reset(1, 8, 8);
+  decoder.prefill(x, shape, y, Routing::top_k);
+  const auto before = decoder.checkpoint();
+  auto unchanged = [&] {
+    const auto now = decoder.checkpoint();
+    return now.sizes == before.sizes && now.positions == before.positions && decoder.cache(0).size(0) == 4;
+  };
+  // Each argument is named, and a bad one empties no cache (the context stays usable).
+  require_mentions(error_message([&] { decoder.reset(1, 8, -1); }), {"Decoder::reset", "routed_tokens", ">= 0", "-1"});
+  CHECK(unchanged());
+  require_mentions(error_message([&] { decoder.reset(1, -2, 8); }), {"Decoder::reset", "dense_tokens", ">= 0", "-2"});
+  CHECK(unchanged());
+  require_mentions(error_message([&] { decoder.reset(0, 8, 8); }), {"Decoder::reset", "batch", ">= 1", "0"});
+  CHECK(unchanged());
+
+  // layer_inputs is handed over only when every layer has run: a bad length leaves it as it was.
+  std::vector<RowMatrix<float>> inputs(5, RowMatrix<float>::Constant(2, 3, 7.f));
+  const std::vector<Index> too_long{5};
+  require_mentions(error_message([&] { decoder.forward(x, shape, y, Routing::top_k, too_long, &inputs); }),
+                   {"lengths[0]", "[0, 4]", "5"});
+  CHECK(inputs.size() == 5);
+  CHECK(inputs[0] == RowMatrix<float>::Constant(2, 3, 7.f));
+  RowMatrix<float> token = random_matrix<float>(1, 32, 13), out(1, 32);
+  decoder.reset(1, 8, 0);  // no room in MoD layers: the step fails in layer 1, after layer 0 ran
+  decoder.prefill(x, shape, y, Routing::top_k, std::vector<Index>{0}, &inputs);
+  CHECK(inputs.size() == std::size_t(decoder.layers()));  // a successful call fills it
+  inputs.assign(5, RowMatrix<float>::Constant(2, 3, 7.f));
+  for (Index l = 0; l < decoder.layers(); ++l) decoder.router_threshold(l).threshold = -std::numeric_limits<float>::infinity();
+  require_mentions(error_message([&] { decoder.step(token, out, Routing::router, &inputs); }),
+                   {"CachedAttention", "tokens of sequence 0", "<= 0"});
+  CHECK(inputs.size() == 5);
+  CHECK(inputs[0] == RowMatrix<float>::Constant(2, 3, 7.f));
+  decoder.forward(x, shape, y, Routing::top_k, {}, &inputs);
+  CHECK(inputs.size() == std::size_t(decoder.layers()));
+  CHECK(inputs[0] == x);
+
+  // Config fields are named as fields, not by the classes they are passed on to.
+  auto config = small_config();
+  config.capacity = 0;
+  require_mentions(error_message([&] { Decoder<float>(config, 1); }), {"Decoder", "config.capacity", "(0, 1]", "0"});
+  config = small_config();
+  config.predictor_hidden = 0;
+  require_mentions(error_message([&] { Decoder<float>(config, 1); }), {"Decoder", "config.predictor_hidden", ">= 1", "0"});
 }
 
 TEST_CASE("decoder: restore() returns to a checkpoint and decoding again gives the same output") {

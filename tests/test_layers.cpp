@@ -471,6 +471,21 @@ TEST_CASE("Attention rejects bad configs, weights and routed input, naming the a
                    {"Attention::attend", "key_positions[1]"});
 }
 
+TEST_CASE("sequential() rejects an MLP narrower than its attention before any forward") {
+  // Before the check, the MLP's own check fired after the attention had written `out` and
+  // appended to its cache.
+  const auto attention = Attention<float>::random({16, 4, 2, 8}, 1);
+  const auto narrow_mlp = SwiGluMlp<float>::random({8, 16}, 2);
+  require_mentions(error_message([&] { (void)sequential(attention, narrow_mlp); }),
+                   {"sequential", "mlp.dim()", "expected 16", "got 8"});
+  KvCache<float> cache(1, attention.config().kv_width(), 4);
+  require_mentions(error_message([&] { (void)sequential(layers::CachedAttention<float>(attention, cache), narrow_mlp); }),
+                   {"mlp.dim()", "expected 16", "got 8"});
+  CHECK(cache.size(0) == 0);
+  const auto mlp = SwiGluMlp<float>::random({16, 32}, 3);
+  CHECK(sequential(attention, mlp).mlp().config().d_model == 16);  // equal widths build
+}
+
 TEST_CASE_TEMPLATE("Plain-rows overloads equal one routed sequence at positions 0..n-1", T, float,
                    double) {
   const AttentionConfig config{12, 4, 2, 6, 10000.0, 1e-6};

@@ -524,6 +524,8 @@ TEST_CASE("predictor: bad input throws mixdepth::Error naming the argument and c
   require_mentions(error_message([&] { predictor.route(narrow, {}, routed, arena); }), {"x.cols()", "expected 5"});
   CHECK(routed == std::vector<std::uint8_t>(12, 7));
 
+  require_mentions(error_message([&] { PredictorAdam<float>(-1, h); }), {"PredictorAdam", "dim", ">= 1", "-1"});
+  require_mentions(error_message([&] { PredictorAdam<float>(d, 0); }), {"PredictorAdam", "hidden", ">= 1", "0"});
   PredictorAdam<float> adam(predictor);
   PredictorAdam<float> wrong_adam(d, h + 1);
   require_mentions(error_message([&] { predictor.train_step(x, Shape{2, 5}, targets, adam, arena); }),

@@ -4,8 +4,10 @@
 #include <concepts>
 #include <cstdint>
 #include <span>
+#include <string_view>
 
 #include "arena.hpp"
+#include "error.hpp"
 #include "types.hpp"
 
 namespace mixdepth {
@@ -24,8 +26,11 @@ concept CausalRule = requires(const R& rule, MatrixCRef<T> x, std::span<const T>
 template <class T>
 struct RouterThreshold {
   T threshold = T(0);
-  void route(MatrixCRef<T>, std::span<const T> router_logits, std::span<std::uint8_t> routed,
+  void route(MatrixCRef<T> x, std::span<const T> router_logits, std::span<std::uint8_t> routed,
              Arena<T>&) const {
+    constexpr std::string_view where = "RouterThreshold::route";
+    detail::require_equal(where, "router_logits.size()", x.rows(), static_cast<Index>(router_logits.size()));
+    detail::require_equal(where, "routed.size()", x.rows(), static_cast<Index>(routed.size()));
     for (std::size_t i = 0; i < routed.size(); ++i) routed[i] = router_logits[i] > threshold;
   }
 };

@@ -30,13 +30,14 @@ void scatter_gated_unchecked(const T* x, Index x_stride, T* y, Index y_stride, c
 
 }  // namespace detail
 
-// out.row(j) = x.row(rows[j]). Throws mixdepth::Error unless out is [rows.size(), x.cols()]
-// and every row index is in [0, x.rows()).
+// out.row(j) = x.row(rows[j]). Throws mixdepth::Error unless out is [rows.size(), x.cols()],
+// shares no memory with x, and every row index is in [0, x.rows()).
 template <class T, class Arch = kernels::static_arch>
 void gather_rows(MatrixCRef<T> x, std::span<const Position> rows, MatrixRef<T> out) {
   constexpr std::string_view where = "gather_rows";
   detail::require_equal(where, "out.rows()", static_cast<Index>(rows.size()), out.rows());
   detail::require_equal(where, "out.cols()", x.cols(), out.cols());
+  if (detail::overlaps(x, out)) detail::fail(where, "out", "memory disjoint from x", "overlapping");
   for (std::size_t j = 0; j < rows.size(); ++j)
     if (rows[j] < 0 || rows[j] >= x.rows())
       detail::fail(where, "rows[" + std::to_string(j) + "]",

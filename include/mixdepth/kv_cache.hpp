@@ -87,6 +87,8 @@ class KvCache {
   void check_append(std::string_view where, Index b, Index count, std::span<const Position> positions) const {
     if (b < 0 || b >= batch())
       detail::fail(where, "sequence", "in [0, " + std::to_string(batch()) + ") (cache batch)", b);
+    if (count < 0) detail::fail(where, "count", ">= 0", count);
+    detail::require_equal(where, "positions.size() (one per new token)", count, static_cast<Index>(positions.size()));
     if (size(b) + count > capacity_)
       detail::fail(where, "tokens of sequence " + std::to_string(b),
                    "<= " + std::to_string(capacity_) + " (the cache's reserve; call KvCache::reserve)",

@@ -113,9 +113,10 @@ class CausalPredictor;
 template <class T>
 class PredictorAdam {
  public:
+  // Throws mixdepth::Error unless dim >= 1 and hidden >= 1 (a predictor's own limits).
   PredictorAdam(Index dim, Index hidden, AdamOptions options = {})
       : options_(checked(options)),
-        first_moment_(PredictorParameters<T>::zeros(dim, hidden)),
+        first_moment_(PredictorParameters<T>::zeros(at_least_one("dim", dim), at_least_one("hidden", hidden))),
         second_moment_(PredictorParameters<T>::zeros(dim, hidden)),
         gradient_(PredictorParameters<T>::zeros(dim, hidden)) {}
   explicit PredictorAdam(const CausalPredictor<T>& predictor, AdamOptions options = {})
@@ -131,6 +132,11 @@ class PredictorAdam {
 
  private:
   friend class CausalPredictor<T>;
+
+  static Index at_least_one(std::string_view argument, Index value) {
+    if (value < 1) detail::fail("PredictorAdam", argument, ">= 1", value);
+    return value;
+  }
 
   static AdamOptions checked(AdamOptions o) {
     constexpr std::string_view where = "AdamOptions";
@@ -320,7 +326,9 @@ class CausalPredictor {
   // which routes exactly m tokens when those differ. When they are equal, a tie straddles
   // the boundary and no strict threshold routes exactly m: it routes either none or all of
   // the tied tokens, whichever count is nearer m (none on a draw). m = 0 gives +infinity;
-  // m = n gives -infinity. NaN logits rank below every number and are never routed.
+  // m = n gives -infinity. NaN logits rank below every number and are never routed; nor are
+  // logits of -infinity, which no strict threshold lies below, so when fewer than m logits
+  // exceed -infinity, fewer than m tokens are routed.
   // fraction must be in [0, 1]; throws mixdepth::Error, changing nothing, otherwise.
   T calibrate_threshold(MatrixCRef<T> x, Shape shape, double fraction, Arena<T>& scratch,
                         std::span<const Index> lengths = {}) {

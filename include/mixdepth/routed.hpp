@@ -57,12 +57,30 @@ class ScratchScope {
 
 }  // namespace detail
 
+namespace detail {
+
+// A block function that states the width of the rows it takes (the reference layers do).
+template <class F>
+concept StatesWidth = requires(const F& f) {
+  { f.dim() } -> std::convertible_to<Index>;
+};
+
+}  // namespace detail
+
 // f = a + m(x~ + a) with a = attn(x~): a pre-norm transformer block's two residual branches,
 // returned residual-free so that Block applies Eq. 1 exactly once.
+//
+// attn runs before mlp sees its input, so an mlp that rejects that input throws after attn
+// has written `out` (and a CachedAttention its cache). When both state their width (dim()),
+// the constructor checks that they agree; functions that do not are trusted to.
 template <class Attn, class Mlp>
 class Sequential {
  public:
-  Sequential(Attn attn, Mlp mlp) : attn_(std::move(attn)), mlp_(std::move(mlp)) {}
+  // Throws mixdepth::Error if attn and mlp both state their width and the widths differ.
+  Sequential(Attn attn, Mlp mlp) : attn_(std::move(attn)), mlp_(std::move(mlp)) {
+    if constexpr (detail::StatesWidth<Attn> && detail::StatesWidth<Mlp>)
+      detail::require_equal("sequential", "mlp.dim() (the attention's width)", Index(attn_.dim()), Index(mlp_.dim()));
+  }
 
   template <class T>
   void operator()(const Routed<T>& in, std::type_identity_t<MatrixRef<T>> out) const {

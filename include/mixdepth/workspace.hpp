@@ -64,7 +64,12 @@ class Workspace {
   ThreadPool* thread_pool() const { return pool_; }
 
   // Grows every buffer for this shape now, so that the first forward allocates nothing.
+  // Throws mixdepth::Error on a negative shape, dim or k.
   void reserve(Shape shape, Index dim, Index k) {
+    constexpr std::string_view where = "Workspace::reserve";
+    detail::checked_rows(where, shape);
+    if (dim < 0) detail::fail(where, "dim", ">= 0", dim);
+    if (k < 0) detail::fail(where, "k", ">= 0", k);
     const Index kept = k < shape.seq_len ? k : shape.seq_len;
     grow(logits_, shape.rows());
     grow(selected_, shape.batch * kept);

@@ -80,6 +80,7 @@ class Attention {
   }
 
   const AttentionConfig& config() const { return config_; }
+  Index dim() const { return config_.d_model; }  // the width of the rows it takes
   const AttentionWeights<T>& weights() const { return weights_; }
   const RMSNorm<T>& norm() const { return norm_; }
   const RotaryEmbedding<T>& rotary() const { return rotary_; }
@@ -149,7 +150,7 @@ class Attention {
 
   // Step 3. out [n, d_model] = context W_output. out must not overlap context. With scratch,
   // the product's packing buffers come from it (no heap allocation once it has grown);
-  // without, Eigen keeps them on the stack up to 128 KB and on the heap beyond.
+  // without, from a local arena, which allocates.
   void project_output(MatrixCRef<T> context, MatrixRef<T> out, Arena<T>* scratch = nullptr) const {
     constexpr std::string_view where = "Attention::project_output";
     require_shape(where, "context", context, context.rows(), config_.query_width());

@@ -23,6 +23,7 @@ class CachedAttention {
   }
 
   const Attention<T>& attention() const { return *attention_; }
+  Index dim() const { return attention_->dim(); }  // the width of the rows it takes
   KvCache<T>& cache() const { return *cache_; }
 
   // Block function. Every check (shapes, one Routed sequence per cache sequence, room in the

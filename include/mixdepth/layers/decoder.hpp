@@ -84,6 +84,9 @@ class Decoder {
   Decoder(DecoderConfig config, std::uint64_t seed) : config_(config) {
     if (config.layers < 1) detail::fail("Decoder", "config.layers", ">= 1", config.layers);
     if (config.mod_every < 0) detail::fail("Decoder", "config.mod_every", ">= 0", config.mod_every);
+    if (!(config.capacity > 0.0 && config.capacity <= 1.0))
+      detail::fail("Decoder", "config.capacity", "in (0, 1]", config.capacity);
+    if (config.predictor_hidden < 1) detail::fail("Decoder", "config.predictor_hidden", ">= 1", config.predictor_hidden);
     detail::require_equal("Decoder", "config.mlp.d_model", config.attention.d_model, config.mlp.d_model);
     for (Index l = 0; l < config.layers; ++l) {
       const bool routed = config.mod_every > 0 && (l + 1) % config.mod_every == 0;
@@ -105,9 +108,13 @@ class Decoder {
 
   // Empties the caches and makes room for `batch` sequences: `dense_tokens` per sequence in
   // dense layers, `routed_tokens` in MoD layers (a MoD layer caches only what it routed).
-  // The only call that allocates, with the first prefill and step of a shape.
+  // The only call that allocates, with the first prefill and step of a shape. Bad arguments
+  // throw before anything changes.
   void reset(Index batch, Index dense_tokens, Index routed_tokens) {
-    if (batch < 1) detail::fail("Decoder::reset", "batch", ">= 1", batch);
+    constexpr std::string_view where = "Decoder::reset";
+    if (batch < 1) detail::fail(where, "batch", ">= 1", batch);
+    if (dense_tokens < 0) detail::fail(where, "dense_tokens", ">= 0", dense_tokens);
+    if (routed_tokens < 0) detail::fail(where, "routed_tokens", ">= 0", routed_tokens);
     for (auto& l : layers_) {
       l->cache = KvCache<T>(batch, config_.attention.kv_width(), l->routed ? routed_tokens : dense_tokens);
       l->visits = l->routed_visits = 0;
@@ -121,7 +128,8 @@ class Decoder {
   // Runs the prompt x ([batch * seq_len, d], padding after lengths[b]) through every layer,
   // filling the caches from empty; y gets the last layer's output. MoD layers route by
   // `routing`. If `layer_inputs` is given, it receives each layer's input (for training and
-  // calibrating predictors).
+  // calibrating predictors). On any error the caches, positions and layer_inputs are left as
+  // they were.
   void prefill(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Routing routing,
                std::span<const Index> lengths = {}, std::vector<RowMatrix<T>>* layer_inputs = nullptr) {
     constexpr std::string_view where = "Decoder::prefill";
@@ -143,7 +151,8 @@ class Decoder {
 
   // One decode step: x holds one new token per sequence ([batch, d]); every MoD layer routes
   // it causally (`routing` must not be top_k). y gets the last layer's output; layer_inputs,
-  // if given, each layer's input. On any error the caches and positions are left as they were.
+  // if given, each layer's input. On any error the caches, positions and layer_inputs are
+  // left as they were.
   void step(MatrixCRef<T> x, MatrixRef<T> y, Routing routing,
             std::vector<RowMatrix<T>>* layer_inputs = nullptr) {
     constexpr std::string_view where = "Decoder::step";
@@ -166,7 +175,8 @@ class Decoder {
 
   // The same stack over whole sequences without any cache: MoD layers route by `routing`
   // (top-k, or the causal rules token by token). Decoding step by step with a causal rule
-  // gives these outputs. Does not touch the caches.
+  // gives these outputs. Does not touch the caches. On any error y and layer_inputs are left
+  // as they were.
   void forward(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Routing routing, std::span<const Index> lengths = {},
                std::vector<RowMatrix<T>>* layer_inputs = nullptr) {
     run_layers(x, shape, y, routing, lengths, {}, layer_inputs, /*cached=*/false);
@@ -243,7 +253,10 @@ class Decoder {
     detail::require_equal("Decoder", "x.cols()", dim(), x.cols());
     detail::require_equal("Decoder", "y.rows()", rows, y.rows());
     detail::require_equal("Decoder", "y.cols()", dim(), y.cols());
-    if (layer_inputs) layer_inputs->clear();
+    // Each layer's input is collected here and handed over only when every layer has run,
+    // so that an error leaves the caller's vector as it was.
+    std::vector<RowMatrix<T>> inputs;
+    if (layer_inputs) inputs.reserve(layers_.size());
     // Ping-pong between two buffers; steps reuse the ones reset() sized.
     const bool step_buffers = rows == step_in_.rows() && starts.size() > 0;
     RowMatrix<T> own_a, own_b;
@@ -256,7 +269,7 @@ class Decoder {
     RowMatrixMap<T>(current, rows, dim()) = x;
     for (auto& l : layers_) {
       RowMatrixMap<T> in(current, rows, dim()), out(next, rows, dim());
-      if (layer_inputs) layer_inputs->push_back(in);
+      if (layer_inputs) inputs.push_back(in);
       if (cached)
         run_layer(*l, l->cached, in, shape, out, routing, lengths, starts);
       else
@@ -268,6 +281,7 @@ class Decoder {
       std::swap(current, next);
     }
     y = RowMatrixMap<T>(current, rows, dim());
+    if (layer_inputs) layer_inputs->swap(inputs);
   }
 
   DecoderConfig config_;

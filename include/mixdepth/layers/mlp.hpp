@@ -52,6 +52,7 @@ class SwiGluMlp {
   }
 
   const SwiGluConfig& config() const { return config_; }
+  Index dim() const { return config_.d_model; }  // the width of the rows it takes
   const SwiGluWeights<T>& weights() const { return weights_; }
   const RMSNorm<T>& norm() const { return norm_; }
 
