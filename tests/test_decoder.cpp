@@ -171,13 +171,20 @@ TEST_CASE("decoder: bad steps throw mixdepth::Error and leave caches and positio
   RowMatrix<float> token = random_matrix<float>(2, 32, 11), out(2, 32);
   decoder.step(token, out, Routing::router);  // 7 of 7 in MoD layers now
   const auto before = decoder.checkpoint();
+  const long visits_before = decoder.routed_layer_visits(), routed_before = decoder.routed_layer_routed();
   auto unchanged = [&] {
     const auto now = decoder.checkpoint();
-    return now.sizes == before.sizes && now.positions == before.positions;
+    return now.sizes == before.sizes && now.positions == before.positions &&
+           decoder.routed_layer_visits() == visits_before && decoder.routed_layer_routed() == routed_before;
   };
   require_mentions(error_message([&] { decoder.step(token, out, Routing::router); }),
                    {"CachedAttention", "tokens of sequence 0", "<= 7", "7 cached + 1 new"});
   CHECK(unchanged());  // layer 0 had appended before layer 1 overflowed: rolled back
+  // Layer 1 now routes nothing (fits) and layer 3 overflows: layer 1's visits are not counted.
+  decoder.router_threshold(1).threshold = std::numeric_limits<float>::infinity();
+  require_mentions(error_message([&] { decoder.step(token, out, Routing::router); }), {"CachedAttention", "<= 7"});
+  CHECK(unchanged());
+  decoder.router_threshold(1).threshold = -std::numeric_limits<float>::infinity();
   RowMatrix<float> three(3, 32), out3(3, 32);
   require_mentions(error_message([&] { decoder.step(three, out3, Routing::router); }),
                    {"Decoder::step", "x.rows()", "expected 2", "got 3"});

@@ -92,6 +92,7 @@ class Decoder {
       const bool routed = config.mod_every > 0 && (l + 1) % config.mod_every == 0;
       layers_.push_back(std::make_unique<Layer>(config, routed, seed + 10 * std::uint64_t(l)));
     }
+    routed_this_step_.assign(layers_.size(), 0);
   }
 
   const DecoderConfig& config() const { return config_; }
@@ -202,7 +203,8 @@ class Decoder {
     for (const auto& l : layers_) total += l->cache.bytes();
     return total;
   }
-  // Decode steps through MoD layers, and how many of them routed the token.
+  // Decode steps through MoD layers, and how many of them routed the token (steps that
+  // threw are not counted).
   long routed_layer_visits() const { return sum(&Layer::visits); }
   long routed_layer_routed() const { return sum(&Layer::routed_visits); }
 
@@ -267,19 +269,25 @@ class Decoder {
     T* current = step_buffers ? step_in_.data() : own_a.data();
     T* next = step_buffers ? step_out_.data() : own_b.data();
     RowMatrixMap<T>(current, rows, dim()) = x;
-    for (auto& l : layers_) {
+    const bool decode_step = cached && !starts.empty();
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      Layer& l = *layers_[i];
       RowMatrixMap<T> in(current, rows, dim()), out(next, rows, dim());
       if (layer_inputs) inputs.push_back(in);
       if (cached)
-        run_layer(*l, l->cached, in, shape, out, routing, lengths, starts);
+        run_layer(l, l.cached, in, shape, out, routing, lengths, starts);
       else
-        run_layer(*l, l->uncached, in, shape, out, routing, lengths, starts);
-      if (cached && !starts.empty() && l->routed) {
-        l->visits += rows;
-        l->routed_visits += static_cast<long>(workspace_.routed_rows().size());
-      }
+        run_layer(l, l.uncached, in, shape, out, routing, lengths, starts);
+      if (decode_step && l.routed) routed_this_step_[i] = static_cast<long>(workspace_.routed_rows().size());
       std::swap(current, next);
     }
+    // Counted once every layer has run, so that a step that threw counts nothing.
+    if (decode_step)
+      for (std::size_t i = 0; i < layers_.size(); ++i)
+        if (layers_[i]->routed) {
+          layers_[i]->visits += rows;
+          layers_[i]->routed_visits += routed_this_step_[i];
+        }
     y = RowMatrixMap<T>(current, rows, dim());
     if (layer_inputs) layer_inputs->swap(inputs);
   }
@@ -288,6 +296,7 @@ class Decoder {
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<Index> positions_;
   std::vector<Index> sizes_;
+  std::vector<long> routed_this_step_;  // per layer: rows the current step routed
   RowMatrix<T> step_in_, step_out_;
   Workspace<T> workspace_;
 };
