@@ -6,6 +6,9 @@
 
 #include <mixdepth/product.hpp>
 
+#include <cstdint>
+#include <utility>
+
 using namespace mixdepth;
 using namespace mixdepth::testing;
 
@@ -77,6 +80,30 @@ TEST_CASE("add_product() adds alpha A B to the result") {
   detail::add_product(got, a.transpose(), e, &arena, 0.5f);  // depth 150, two panels of columns
   CHECK(within_rounding(got, before + 0.5 * widen(a).transpose() * widen(e),
                         widen(a).transpose().cwiseAbs() * widen(e).cwiseAbs(), before, 0.5, 150));
+}
+
+TEST_CASE("Arena: a moved-from arena is empty and usable; the moved-to one keeps the memory taken") {
+  // Before, the defaulted moves left the source's chunk index behind, past its now empty
+  // chunk list, and its next take() indexed out of bounds.
+  auto aligned = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p) % Arena<float>::alignment == 0; };
+  Arena<float> source;
+  float* first = source.take(100).data();
+  first[99] = 5.f;
+  (void)source.take(5000);  // a second chunk: the position is chunk 1
+  Arena<float> moved(std::move(source));
+  CHECK(first[99] == 5.f);
+  CHECK(moved.capacity() >= 5100);
+  CHECK(source.capacity() == 0);
+  const auto again = source.take(300);
+  CHECK(again.size() == 300);
+  CHECK(aligned(again.data()));
+  again[299] = 1.f;
+  Arena<float> assigned;
+  (void)assigned.take(10);
+  assigned = std::move(moved);
+  CHECK(assigned.capacity() >= 5100);
+  CHECK(moved.capacity() == 0);
+  CHECK(aligned(moved.take(7).data()));
 }
 
 TEST_CASE("product() gives the same bits with the caller's arena and without one") {

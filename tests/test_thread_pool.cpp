@@ -3,6 +3,9 @@
 #include "test_helpers.hpp"
 
 #include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -59,6 +62,41 @@ TEST_CASE("ThreadPool: a run from inside a task runs serially; several callers s
     });
   for (auto& t : callers) t.join();
   CHECK(total == 4 * 50 * (16 * 17 / 2));
+}
+
+TEST_CASE("ThreadPool: a throwing task reaches the caller, stops further items, and leaves the pool usable") {
+  // Before, a throw on a worker called std::terminate; a throw on the caller left run()
+  // while workers still called the task (use after scope) and the pool stayed busy, serial
+  // for good.
+  ThreadPool pool(3);
+  for (int thrower : {0, 1, 2}) {  // which thread throws
+    CAPTURE(thrower);
+    for (int round = 0; round < 20; ++round) {
+      std::atomic<int> started{0};
+      std::atomic<bool> thrown{false};
+      const std::int64_t n = 10000;
+      auto throwing = [&](std::int64_t, int thread) {
+        ++started;
+        if (thread == thrower && !thrown.exchange(true)) throw std::runtime_error("task failed");
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+      };
+      try {
+        pool.run(n, throwing);
+        CHECK(!thrown.load());  // that thread took no item this round: nothing thrown
+      } catch (const std::runtime_error& e) {
+        CHECK(std::string(e.what()) == "task failed");
+        CHECK(started.load() < n);  // the items not yet started were skipped
+      }
+    }
+  }
+  // Still parallel: a second thread joins the run while item 0 waits for it (up to 10 s).
+  std::atomic<bool> other_thread{false};
+  pool.run(8, [&](std::int64_t i, int thread) {
+    if (thread != 0) other_thread = true;
+    if (i == 0)
+      for (int wait = 0; wait < 10000 && !other_thread; ++wait) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  CHECK(other_thread.load());
 }
 
 TEST_CASE("ThreadPool rejects fewer than one thread") {

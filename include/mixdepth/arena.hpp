@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "types.hpp"
@@ -27,8 +28,23 @@ class Arena {
   Arena() { chunks_.reserve(16); }
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
-  Arena(Arena&&) noexcept = default;
-  Arena& operator=(Arena&&) noexcept = default;
+  // A moved-from arena is empty and usable (the defaulted moves left its position behind,
+  // past the end of its now empty chunk list).
+  Arena(Arena&& other) noexcept
+      : chunks_(std::move(other.chunks_)),
+        current_(std::exchange(other.current_, std::size_t{0})),
+        used_(std::exchange(other.used_, Index{0})) {
+    other.chunks_.clear();
+  }
+  Arena& operator=(Arena&& other) noexcept {
+    if (this != &other) {
+      chunks_ = std::move(other.chunks_);
+      current_ = std::exchange(other.current_, std::size_t{0});
+      used_ = std::exchange(other.used_, Index{0});
+      other.chunks_.clear();
+    }
+    return *this;
+  }
 
   // n elements aligned to `alignment`, valid until the matching rewind() or reset().
   // Contents are unspecified.

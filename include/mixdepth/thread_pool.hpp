@@ -11,14 +11,18 @@
 //
 // One pool serves one run() at a time: a run() from another thread while one is in progress
 // (or from inside a task) executes serially on its caller, as thread 0, instead of waiting.
-// A run() allocates nothing.
+// Thread numbers are therefore distinct only among the tasks of one run() call: per-thread
+// scratch belongs to the call (Block keeps it in the Workspace), not to the pool.
+// A run() allocates nothing unless a task throws.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "error.hpp"
@@ -48,7 +52,8 @@ class ThreadPool {
 
   // Calls task(i, thread) for every i in [0, n), `thread` in [0, size()) naming the thread
   // that runs it (a task may use it to pick per-thread scratch), and returns when all have
-  // returned. The tasks must not throw.
+  // returned. If tasks throw, no further items are started, run() returns once the started
+  // ones have, and it rethrows the first exception; the pool stays usable.
   template <class Task>
   void run(std::int64_t n, Task&& task) {
     if (n <= 0) return;
@@ -69,6 +74,7 @@ class ThreadPool {
     lock.lock();
     done_.wait(lock, [this] { return pending_ == 0; });
     busy_ = false;
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
   }
 
  private:
@@ -97,10 +103,19 @@ class ThreadPool {
     return inside;
   }
 
-  void take_items(int thread) {
+  // Runs items until none is left. Does not throw: the first exception is kept for run(),
+  // and the items not yet started are skipped.
+  void take_items(int thread) noexcept {
     inside_task() = true;
-    for (std::int64_t i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < job_.n;)
-      job_.call(job_.task, i, thread);
+    for (std::int64_t i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < job_.n;) {
+      try {
+        job_.call(job_.task, i, thread);
+      } catch (...) {
+        std::lock_guard lock(mutex_);
+        if (!error_) error_ = std::current_exception();
+        next_.store(job_.n, std::memory_order_relaxed);
+      }
+    }
     inside_task() = false;
   }
 
@@ -126,6 +141,7 @@ class ThreadPool {
   std::atomic<std::int64_t> next_{0};
   std::uint64_t generation_ = 0;
   int pending_ = 0;
+  std::exception_ptr error_;  // the first exception a task of the current run() threw
   bool busy_ = false;
   bool stopping_ = false;
 };

@@ -165,8 +165,7 @@ class Run {
 
     // Tensor views over the same memory.
     mixdepth::RowMatrix<T> copy = x;
-    // (A plain RowMatrix argument is ambiguous between the two overloads: pass a Ref.)
-    auto tensor = mixdepth::as_tensor<T>(mixdepth::MatrixRef<T>(copy), shape);
+    auto tensor = mixdepth::as_tensor(copy, shape);
     const mixdepth::Shape seen = mixdepth::shape_of(tensor);
     auto back = mixdepth::as_matrix<T>(tensor);
     if (!(seen == shape) || back.data() != copy.data() || back != x) fail(t + ": tensor views");
