@@ -55,10 +55,6 @@ class ScratchScope {
   typename Arena<T>::Mark mark_{};
 };
 
-}  // namespace detail
-
-namespace detail {
-
 // A block function that states the width of the rows it takes (the reference layers do).
 template <class F>
 concept StatesWidth = requires(const F& f) {
