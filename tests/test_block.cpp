@@ -289,6 +289,41 @@ TEST_CASE("strided views and Eigen Tensor adapters work without copies") {
   static_assert(!tensor_viewable<decltype(expected + expected)>);  // an expression
 }
 
+TEST_CASE("Block rejects bad input with a message naming it, and leaves y untouched") {
+  const Index d = 5;
+  const Shape shape{2, 4};
+  const auto block = make_block<float>(d, Capacity::fraction(0.5), RowLocal{});
+  Workspace<float> ws;
+  RowMatrix<float> x = random_matrix<float>(8, d, 1);
+  RowMatrix<float> y = RowMatrix<float>::Constant(8, d, 42.f);
+  auto untouched = [&] { return (y.array() == 42.f).all(); };
+
+  RowMatrix<float> wrong_d = random_matrix<float>(8, d + 1, 2);
+  RowMatrix<float> y_wrong_d = RowMatrix<float>::Constant(8, d + 1, 42.f);
+  require_mentions(error_message([&] { block.forward(wrong_d, shape, y_wrong_d, ws); }),
+                   {"Block::forward", "x.cols()", "expected 5", "got 6"});
+  CHECK((y_wrong_d.array() == 42.f).all());
+  require_mentions(error_message([&] { block.forward(x, Shape{3, 4}, y, ws); }),
+                   {"x.rows()", "expected 12", "got 8"});
+  RowMatrix<float> short_y(7, d);
+  require_mentions(error_message([&] { block.forward(x, shape, short_y, ws); }), {"y.rows()", "expected 8", "got 7"});
+  require_mentions(error_message([&] { block.forward(x, shape, x, ws); }), {"y", "disjoint", "overlapping x"});
+  RowMatrix<float> big = random_matrix<float>(9, d, 3);
+  require_mentions(error_message([&] { block.forward(big.topRows(8), shape, big.bottomRows(8), ws); }),
+                   {"overlapping"});
+  const std::vector<Index> too_long = {4, 5};
+  require_mentions(error_message([&] { block.forward(x, shape, y, ws, too_long); }), {"lengths[1]", "[0, 4]", "got 5"});
+  const std::vector<Index> one = {4};
+  require_mentions(error_message([&] { block.forward(x, shape, y, ws, one); }), {"lengths.size()", "got 1"});
+  require_mentions(error_message([&] { block.forward(x, Shape{-1, 4}, y, ws); }), {"shape.batch", "-1"});
+  CHECK(untouched());
+
+  RowMatrix<float> before = x;
+  require_mentions(error_message([&] { block.forward_inplace(x, Shape{2, 3}, ws); }),
+                   {"Block::forward_inplace", "x.rows()", "expected 6", "got 8"});
+  CHECK(bit_equal(x, before));
+}
+
 TEST_CASE("gather_rows and scatter_gated equal plain loops, and reject bad input before writing") {
   const Index d = 6;
   const RowMatrix<float> x = random_matrix<float>(9, d, 20);
