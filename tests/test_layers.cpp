@@ -7,6 +7,7 @@
 #include <array>
 #include <cmath>
 #include <complex>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -223,6 +224,40 @@ TEST_CASE_TEMPLATE("RMSNorm matches a scalar loop, also in place", T, float, dou
   }
 }
 
+TEST_CASE_TEMPLATE("RMSNorm normalises finite rows whose sum of squares overflows", T, float, double) {
+  // Before, such a row came out as zeros: its sum of squares was inf, so 1/rms was 0.
+  const T big = std::sqrt(std::numeric_limits<T>::max());  // the square of 2 big overflows
+  for (Index d : {1, 7, 64, 129}) {
+    const auto norm = RMSNorm<T>::random(d, 30 + std::uint64_t(d), T(1e-5));
+    RowMatrix<T> x = random_matrix<T>(4, d, 31);
+    x.row(0) *= 2 * big;
+    x.row(1).setConstant(std::numeric_limits<T>::max() / 2);
+    x.row(2).setZero();
+    x(2, 0) = 4 * big;  // one huge entry: y_0 = sqrt(d) w_0
+    x.row(3) *= std::numeric_limits<T>::max() / 4;
+    RowMatrix<T> out(4, d);
+    norm(x, out);
+    INFO("d = ", d);
+    CHECK(out.allFinite());
+    // Reference in long double on the row divided by its largest magnitude (exact).
+    double worst = 0;
+    for (Index r = 0; r < 4; ++r) {
+      const long double m = x.row(r).cwiseAbs().maxCoeff();
+      long double sum = 0;
+      for (Index c = 0; c < d; ++c) sum += (x(r, c) / m) * (x(r, c) / m);
+      const long double scale = 1 / std::sqrt(sum / d + 1e-5L / m / m);
+      for (Index c = 0; c < d; ++c) {
+        const long double want = x(r, c) / m * scale * norm.weight()(c);
+        worst = std::max(worst, double(std::fabs(out(r, c) - want) / std::max(1.0L, std::fabs(want))));
+      }
+    }
+    CHECK(worst <= tolerance<T>());
+    CHECK(out(2, 0) == doctest::Approx(double(std::sqrt(T(d)) * norm.weight()(0))).epsilon(1e-5));
+    norm(x, x);  // in place as well
+    CHECK(testing::bit_equal(x, out));
+  }
+}
+
 TEST_CASE("RMSNorm rejects an empty weight, a bad eps and mismatched shapes") {
   require_mentions(error_message([] { RMSNorm<float>(Vector<float>()); }), {"weight.size()"});
   require_mentions(error_message([] { RMSNorm<float>(Vector<float>::Ones(4), 0.0f); }),
@@ -387,6 +422,39 @@ TEST_CASE_TEMPLATE("Attention is causal: changing a later row never changes earl
     CHECK(testing::bit_equal(after.topRows(changed), out.topRows(changed)));
     for (Index later = changed; later < batch.rows(); ++later)
       CHECK_FALSE(testing::rows_bit_equal(after, later, out, later));
+  }
+}
+
+TEST_CASE_TEMPLATE("Attention is causal even when a later key's value is inf or NaN", T, float, double) {
+  // Before, a query block multiplied its masked (zero) weights by every value its widest
+  // query sees: 0 * inf put NaN into the context of earlier queries of the same block, and
+  // a prefill disagreed with decoding token by token.
+  const AttentionConfig config{16, 4, 2, 4, 10000.0, 1e-6};
+  const auto attention = Attention<T>::random(config, 23);
+  const Index n = 70;  // two query blocks
+  const RowMatrix<T> queries = random_matrix<T>(n, config.query_width(), 24);
+  const RowMatrix<T> keys = random_matrix<T>(n, config.kv_width(), 25);
+  std::vector<Position> positions(static_cast<std::size_t>(n));
+  std::iota(positions.begin(), positions.end(), 0);
+  const double tolerance = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+  for (const T bad_value : {std::numeric_limits<T>::infinity(), std::numeric_limits<T>::quiet_NaN()}) {
+    for (Index bad : {1, 5, 63, 64, 69}) {
+      RowMatrix<T> values = random_matrix<T>(n, config.kv_width(), 26);
+      values.row(bad).setZero();  // the reference: a finite value nobody before `bad` sees
+      RowMatrix<T> expected(n, config.query_width()), context(n, config.query_width());
+      attention.attend(queries, positions, keys, values, positions, expected);
+      values.row(bad).setConstant(bad_value);
+      attention.attend(queries, positions, keys, values, positions, context);
+      INFO("bad row ", bad, " value ", double(bad_value));
+      double worst = 0;
+      for (Index r = 0; r < bad; ++r)
+        for (Index c = 0; c < context.cols(); ++c)
+          worst = std::max(worst, std::fabs(double(context(r, c)) - double(expected(r, c))) /
+                                      std::max(1.0, std::fabs(double(expected(r, c)))));
+      CHECK(context.topRows(bad).allFinite());
+      CHECK(worst <= tolerance);
+      CHECK_FALSE(context.row(bad).allFinite());  // the bad key's own query sees it
+    }
   }
 }
 

@@ -204,6 +204,9 @@ class Attention {
                         transpose_keys ? n_keys : 0, Eigen::OuterStride<>(stride));
     std::array<Index, query_block_rows> visible{};  // keys each query of the block may see
     std::array<T, query_block_rows> inverse_sum{};  // 1 / its softmax denominator
+    // v * 0 is 0 for every finite v and NaN otherwise; the sum is one vectorised pass. When
+    // a value is not finite, each block checks the keys it masks for some of its queries.
+    const bool values_finite = !std::isnan((values.array() * T(0)).sum());
 
     for (Index head = 0; head < config_.n_heads; ++head) {
       const Index kv_head = head / heads_per_kv;
@@ -213,9 +216,11 @@ class Attention {
       for (Index first = 0; first < n_queries; first += query_block_rows) {
         const Index rows = std::min(query_block_rows, n_queries - first);
         Index widest = 0;  // the block never reads keys past the last one any of its queries sees
+        Index narrowest = n_keys;  // keys every query of the block sees
         for (Index r = 0; r < rows; ++r) {
           visible[std::size_t(r)] = visible_keys(key_positions, n_keys, query_positions[first + r]);
           widest = std::max(widest, visible[std::size_t(r)]);
+          narrowest = std::min(narrowest, visible[std::size_t(r)]);
         }
         auto context_block = context.block(first, head * head_dim, rows, head_dim);
         if (widest == 0) {
@@ -234,8 +239,22 @@ class Attention {
         if (rows == 1) scores *= scale;
         for (Index r = 0; r < rows; ++r)
           inverse_sum[std::size_t(r)] = softmax_numerators(scores.row(r), visible[std::size_t(r)]);
-        mixdepth::detail::product(context_block, scores,
-                                  values.block(0, kv_head * head_dim, widest, head_dim), &arena);
+        const auto head_values = values.block(0, kv_head * head_dim, widest, head_dim);
+        if (values_finite || head_values.middleRows(narrowest, widest - narrowest).allFinite()) {
+          // The masked weights are exact zeros, and 0 * a finite value adds nothing.
+          mixdepth::detail::product(context_block, scores, head_values, &arena);
+        } else {
+          // 0 * inf is NaN: a non-finite value of a key that only some of these queries see
+          // would reach the others across the causal mask. The keys all of them see go
+          // through the product, the rest row by row.
+          if (narrowest > 0)
+            mixdepth::detail::product(context_block, scores.leftCols(narrowest), head_values.topRows(narrowest), &arena);
+          else
+            context_block.setZero();
+          for (Index r = 0; r < rows; ++r)
+            for (Index j = narrowest; j < visible[std::size_t(r)]; ++j)
+              context_block.row(r) += scores(r, j) * head_values.row(j);
+        }
         for (Index r = 0; r < rows; ++r) {
           if (visible[std::size_t(r)] == 0)
             context_block.row(r).setZero();

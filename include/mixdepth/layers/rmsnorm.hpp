@@ -46,6 +46,17 @@ class RMSNorm {
     const T inverse_dim = T(1) / static_cast<T>(dim());
     for (Index r = 0; r < x.rows(); ++r) {
       const T mean_square = x.row(r).squaredNorm() * inverse_dim;
+      // A finite row whose sum of squares overflowed (|x| above ~1e19 in float) would come
+      // out as zeros. It is normalised as x/m over sqrt(mean((x/m)^2) + eps/m^2) instead, m
+      // its largest magnitude (every factor stays normal). A row holding inf keeps the plain
+      // formula; one holding NaN gives NaN either way.
+      const T m = std::isfinite(mean_square) ? T(0) : x.row(r).cwiseAbs().maxCoeff();
+      if (std::isfinite(m) && m > T(0)) {
+        const T scaled_mean_square = (x.row(r) / m).squaredNorm() * inverse_dim;
+        const T inverse_scaled_rms = T(1) / std::sqrt(scaled_mean_square + eps_ / m / m);
+        out.row(r).array() = (x.row(r).array() / m) * inverse_scaled_rms * weight_.transpose().array();
+        continue;
+      }
       const T inverse_rms = T(1) / std::sqrt(mean_square + eps_);
       out.row(r).array() = x.row(r).array() * inverse_rms * weight_.transpose().array();
     }
