@@ -204,9 +204,15 @@ class Attention {
                         transpose_keys ? n_keys : 0, Eigen::OuterStride<>(stride));
     std::array<Index, query_block_rows> visible{};  // keys each query of the block may see
     std::array<T, query_block_rows> inverse_sum{};  // 1 / its softmax denominator
-    // v * 0 is 0 for every finite v and NaN otherwise; the sum is one vectorised pass. When
-    // a value is not finite, each block checks the keys it masks for some of its queries.
-    const bool values_finite = !std::isnan((values.array() * T(0)).sum());
+    // Whether every value is finite, found out once, by the first block with keys that only
+    // some of its queries see (decode steps have none): v * 0 is 0 for every finite v and NaN
+    // otherwise, and the sum is one vectorised pass.
+    enum class Finite { unknown, yes, no } values_finite = Finite::unknown;
+    auto masked_values_finite = [&](const auto& masked) {
+      if (values_finite == Finite::unknown)
+        values_finite = std::isnan((values.array() * T(0)).sum()) ? Finite::no : Finite::yes;
+      return values_finite == Finite::yes || masked.allFinite();
+    };
 
     for (Index head = 0; head < config_.n_heads; ++head) {
       const Index kv_head = head / heads_per_kv;
@@ -240,7 +246,7 @@ class Attention {
         for (Index r = 0; r < rows; ++r)
           inverse_sum[std::size_t(r)] = softmax_numerators(scores.row(r), visible[std::size_t(r)]);
         const auto head_values = values.block(0, kv_head * head_dim, widest, head_dim);
-        if (values_finite || head_values.middleRows(narrowest, widest - narrowest).allFinite()) {
+        if (narrowest == widest || masked_values_finite(head_values.middleRows(narrowest, widest - narrowest))) {
           // The masked weights are exact zeros, and 0 * a finite value adds nothing.
           mixdepth::detail::product(context_block, scores, head_values, &arena);
         } else {
