@@ -46,7 +46,7 @@ class RMSNorm {
     const T inverse_dim = T(1) / static_cast<T>(dim());
     for (Index r = 0; r < x.rows(); ++r) {
       const T mean_square = x.row(r).squaredNorm() * inverse_dim;
-      // A finite row whose sum of squares overflowed (|x| above ~1e19 in float) would come
+      // A finite row whose sum of squares overflowed (float |x| from ~1e18 on, by d) would come
       // out as zeros. It is normalised as x/m over sqrt(mean((x/m)^2) + eps/m^2) instead, m
       // its largest magnitude (every factor stays normal). A row holding inf keeps the plain
       // formula; one holding NaN gives NaN either way.
