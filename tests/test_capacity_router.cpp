@@ -43,6 +43,21 @@ TEST_CASE("Capacity::tokens gives min(n, S)") {
   CHECK(Capacity::fraction(0.25).is_fraction());
 }
 
+// Near the top of Index's range c * S rounds up to 2^63 in double, which no Index holds
+// (converting it was undefined behaviour): the answer is capped at S before converting.
+TEST_CASE("Capacity::fraction stays within S for sequence lengths near the largest Index") {
+  constexpr Index largest = std::numeric_limits<Index>::max();
+  CHECK(Capacity::fraction(1.0)(largest) == largest);
+  CHECK(Capacity::fraction(1.0)(largest - 100) == largest - 100);
+  // (1 - 2^-53) * (2^63 - 1) = 2^63 - 1025 + 2^-53, whose ceiling is 2^63 - 1024.
+  CHECK(Capacity::fraction(1.0 - 0x1p-53)(largest) == largest - 1023);
+  const Index half = Capacity::fraction(0.5)(largest);
+  CHECK(half > 0);
+  CHECK(half <= largest / 2 + 1);
+  CHECK(half >= largest / 2 - 1024);  // within double's spacing at 2^62
+  CHECK(Capacity::fraction(0x1p-60)(largest) == 8);
+}
+
 TEST_CASE("Capacity rejects values outside its range with a message naming them") {
   require_mentions(error_message([] { Capacity::fraction(0.0); }), {"Capacity::fraction", "c", "(0, 1]", "got 0"});
   require_mentions(error_message([] { Capacity::fraction(1.5); }), {"c", "(0, 1]", "1.5"});

@@ -8,7 +8,12 @@
 #include <mixdepth/topk.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <set>
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 using namespace mixdepth;
 using namespace mixdepth::kernels_testing;
@@ -212,3 +217,69 @@ TEST_CASE("TopKScratch grows for longer sequences and select_top_k reuses it") {
     CHECK(std::set<Position>(out.begin(), out.end()).size() == out.size());
   }
 }
+
+#if defined(__SSE__)
+namespace {
+
+// Sets MXCSR's DAZ and FTZ bits (as an executable linked with -ffast-math or -Ofast runs)
+// for its lifetime.
+struct FastMathMxcsr {
+  unsigned saved = _mm_getcsr();
+  FastMathMxcsr() { _mm_setcsr(saved | 0x8040u); }
+  ~FastMathMxcsr() { _mm_setcsr(saved); }
+};
+
+// Scores that are mostly denormals of both signs, with zeros of both signs, a few normal
+// numbers and NaNs: under DAZ a float compare reads every denormal as zero.
+template <class T>
+std::vector<T> denormal_scores(std::mt19937_64& rng, std::ptrdiff_t n) {
+  using Bits = kernels::order_key_t<T>;
+  constexpr Bits sign = Bits{1} << (8 * sizeof(T) - 1);
+  constexpr Bits fraction = (Bits{1} << (std::numeric_limits<T>::digits - 1)) - 1;
+  std::vector<T> s(static_cast<std::size_t>(n));
+  for (auto& v : s) {
+    const auto pick = rng() % 32;
+    const Bits bits = Bits(rng()) & (pick < 24 ? (sign | fraction) : pick < 26 ? (sign | Bits{15}) : sign);
+    v = std::bit_cast<T>(bits);
+    if (pick == 30) v = T(rng() % 2 ? 1 : -1) * std::numeric_limits<T>::min();
+    if (pick == 31 && rng() % 4 == 0) v = std::numeric_limits<T>::quiet_NaN();
+  }
+  return s;
+}
+
+}  // namespace
+
+// crtfastmath.o sets DAZ at startup in any program linked with -ffast-math: the kernels'
+// vector compares then read denormals as zero while their integer keys do not. The answer
+// must not change (nor may any write leave out[0, k), which the guards in mismatches() check),
+// the portable reference must not change either, and the caller's MXCSR must come back as it
+// was.
+TEST_CASE_TEMPLATE("kernel top_k gives the same answer with denormals-are-zero set", T, float, double) {
+  std::mt19937_64 rng(sizeof(T) == 4 ? 411 : 412);
+  long checked = 0;
+  for (std::ptrdiff_t n : {1, 2, 15, 16, 17, 63, 64, 65, 100, 129, 255, 1000, 4096, 5003}) {
+    for (int round = 0; round < 3; ++round) {
+      const auto s = denormal_scores<T>(rng, n);
+      const std::ptrdiff_t some_valid = std::ptrdiff_t(rng() % std::uint64_t(n + 1));
+      for (std::ptrdiff_t k : {std::ptrdiff_t{1}, std::ptrdiff_t{2}, n / 8, n / 2, n - 1, std::ptrdiff_t(rng() % std::uint64_t(n + 1))}) {
+        if (k < 0 || k > n) continue;
+        for (std::ptrdiff_t valid : {n, some_valid}) {
+          const auto expected = portable_top_k(s, k, valid);  // the default MXCSR
+          unsigned inside = 0;
+          {
+            const FastMathMxcsr fast_math;
+            const auto reference = portable_top_k(s, k, valid);
+            INFO("n=", n, " k=", k, " valid=", valid);
+            CHECK(reference == expected);
+            CHECK(mismatches(s, k, valid, "denormals under DAZ") == 0);
+            inside = _mm_getcsr();
+          }
+          CHECK((inside & 0x8040u) == 0x8040u);  // the kernels restored the caller's flags
+          ++checked;
+        }
+      }
+    }
+  }
+  CHECK(checked > 400);
+}
+#endif

@@ -167,3 +167,11 @@ TEST_CASE("select_top_k rejects bad arguments and writes nothing") {
                    {"shape.batch", "got -2"});
   CHECK(untouched());
 }
+
+TEST_CASE("TopKScratch rejects a negative sequence length with mixdepth::Error") {
+  TopKScratch<float> scratch;
+  require_mentions(error_message([&] { scratch.reserve(-1000); }),
+                   {"TopKScratch::reserve", "seq_len", ">= 0", "got -1000"});
+  require_mentions(error_message([&] { scratch.keys(-5); }), {"seq_len", "got -5"});
+  CHECK(scratch.bytes() == 0);
+}

@@ -32,8 +32,10 @@ class Capacity {
     const double slack = 4.0 * 0x1p-52 * nearest;
     const double k =
         nearest >= 1.0 && std::fabs(product - nearest) <= slack ? nearest : std::ceil(product);
-    const auto tokens = static_cast<Index>(k);
-    return tokens < seq_len ? tokens : seq_len;
+    // Compared as doubles first: near the top of Index's range the product can round up to
+    // 2^63, which no Index holds.
+    if (k >= static_cast<double>(seq_len)) return seq_len;
+    return static_cast<Index>(k);
   }
 
   bool is_fraction() const { return kind_ == Kind::fraction; }

@@ -19,6 +19,7 @@ class TopKScratch {
 
   // Grows the buffer for sequences of up to seq_len tokens.
   void reserve(Index seq_len) {
+    if (seq_len < 0) detail::fail("TopKScratch::reserve", "seq_len", ">= 0", seq_len);
     const auto need = static_cast<std::size_t>(kernels::top_k_scratch_size<T>(seq_len));
     if (keys_.size() < need) keys_.resize(need);
   }

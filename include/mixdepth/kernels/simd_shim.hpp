@@ -1,8 +1,8 @@
 #pragma once
 // The operations xsimd 8.1 lacks, written once per architecture: lane masks as integer bits,
 // compress (selected lanes packed to the front, in lane order), the positions of set bits,
-// horizontal max/min, a prefetch hint, and a barrier that keeps a product from being fused
-// into an FMA.
+// horizontal max/min, a prefetch hint, a barrier that keeps a product from being fused
+// into an FMA, and a guard that keeps denormal inputs from being read as zero.
 //
 // AVX-512 uses mask registers and vpcompress; AVX2 uses movemask and a permutation table;
 // every other xsimd architecture goes through memory with plain loops. Every function here
@@ -24,6 +24,36 @@
 #endif
 
 namespace mixdepth::kernels::shim {
+
+// ---- denormal inputs read as numbers ------------------------------------------------------
+
+// While one lives, the SSE/AVX compares read denormal inputs as the numbers they are: the
+// MXCSR's denormals-are-zero bit (DAZ), if set, is cleared, and restored on exit. Executables
+// linked with -ffast-math or -Ofast set it at startup (crtfastmath.o), as some shared
+// libraries built that way do when loaded. Under DAZ a vector compare says a denormal equals
+// zero while its integer key says otherwise, and a kernel that counts with one and writes
+// with the other would disagree with itself. Costs one stmxcsr when DAZ is off.
+template <class Arch>
+class denormals_as_numbers {
+ public:
+  denormals_as_numbers() noexcept {
+#if defined(__SSE__)
+    saved_ = _mm_getcsr();
+    if (saved_ & daz) _mm_setcsr(saved_ & ~daz);
+#endif
+  }
+  ~denormals_as_numbers() {
+#if defined(__SSE__)
+    if (saved_ & daz) _mm_setcsr(saved_);
+#endif
+  }
+  denormals_as_numbers(const denormals_as_numbers&) = delete;
+  denormals_as_numbers& operator=(const denormals_as_numbers&) = delete;
+
+ private:
+  static constexpr unsigned daz = 0x0040;  // MXCSR bit 6
+  [[maybe_unused]] unsigned saved_ = 0;
+};
 
 // ---- population count of a lane mask ----------------------------------------------------
 
@@ -346,7 +376,7 @@ inline int store_set_positions_64(std::int32_t* dst, std::int32_t base, std::uin
     const __m512i positions = _mm512_add_epi32(_mm512_cvtepu8_epi32(bytes), offset);
     if (room - at >= 16)
       _mm512_storeu_si512(dst + at, positions);
-    else
+    else if (room - at > 0)  // (never otherwise, if the precondition holds; then nothing is written)
       _mm512_mask_storeu_epi32(dst + at, static_cast<__mmask16>((1u << (room - at)) - 1), positions);
   };
   if (count > 0) store(0, _mm512_castsi512_si128(packed));

@@ -759,6 +759,12 @@ template <class Arch, class T>
     return;
   }
   using search = top_k_detail::search<T, Arch>;
+  // The SIMD passes compare scores both as numbers and as integer keys; the two agree only
+  // while denormals are read as numbers. (The scalar passes use keys alone.)
+  struct no_guard {};
+  [[maybe_unused]] const std::conditional_t<top_k_tier_of<Arch>() == top_k_tier::scalar, no_guard,
+                                            shim::denormals_as_numbers<Arch>>
+      exact{};
   const auto t = search::find(scores, valid, k, scratch);
   // When every tie is taken (one tie, for continuous scores), the answer is the keys >= t.
   top_k_detail::passes<T, Arch>::write_positions(scores, valid, t.value, k - t.greater, t.equal == k - t.greater,
