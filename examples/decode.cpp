@@ -53,8 +53,10 @@ std::vector<std::uint8_t> targets_of(const layers::Decoder<float>& model, Index 
   return targets;
 }
 
-// The best any causal rule can hope for here: the router's own logit against one global
-// threshold (routing 12.5% of the held-out tokens), scored against the per-sequence top-k.
+// A yardstick for the predictor: the router's own logit against one global threshold
+// (routing 12.5% of the held-out tokens), scored against the per-sequence top-k. Not a
+// bound: a deep layer's input carries context the router's logit alone does not use, and
+// the predictor can beat it there.
 double router_threshold_accuracy(const layers::Decoder<float>& model, Index l, const RowMatrix<float>& input,
                                  const std::vector<std::uint8_t>& targets) {
   Vector<float> logits(input.rows());

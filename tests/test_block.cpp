@@ -110,7 +110,7 @@ TEST_CASE_TEMPLATE("k = S equals the dense block x + g(r) f(x), for both gates",
   }
 }
 
-TEST_CASE_TEMPLATE("k = 0 is the identity and f = 0 gives y == x, bit for bit", T, float, double) {
+TEST_CASE_TEMPLATE("k = 0 is the identity and f = 0 gives y == x, bit for bit (x holds no -0.0)", T, float, double) {
   const Index d = 8;
   const Shape shape{4, 10};
   const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 9);
@@ -370,6 +370,32 @@ TEST_CASE("gather_rows and scatter_gated equal plain loops, and reject bad input
   CHECK(bit_equal(buffer, buffer_before));
 }
 
+// A row given twice: in place the two updates would add up, out of place the second would
+// overwrite the first, so the two disagreed. Rows in any other order are fine.
+TEST_CASE("scatter_gated rejects a repeated row index, in any order, and takes distinct unsorted rows") {
+  const Index d = 5;
+  const RowMatrix<float> x = random_matrix<float>(6, d, 23);
+  const RowMatrix<float> update = random_matrix<float>(3, d, 24);
+  const std::vector<float> gates{0.5f, -2.f, 3.f};
+  RowMatrix<float> y = RowMatrix<float>::Constant(6, d, 9.f);
+  const std::vector<Position> repeated{2, 0, 2};
+  require_mentions(error_message([&] { scatter_gated<float>(x, repeated, update, gates, y); }),
+                   {"scatter_gated", "rows[2]", "rows[0] is 2", "got 2"});
+  const std::vector<Position> adjacent{1, 1, 4};
+  require_mentions(error_message([&] { scatter_gated<float>(x, adjacent, update, gates, y); }), {"rows[1]", "got 1"});
+  RowMatrix<float> in_place = x;
+  require_mentions(error_message([&] { scatter_gated<float>(in_place, repeated, update, gates, in_place); }),
+                   {"rows[2]"});
+  CHECK((y.array() == 9.f).all());
+  CHECK(bit_equal(in_place, x));
+
+  const std::vector<Position> unsorted{5, 0, 3};
+  scatter_gated<float>(x, unsorted, update, gates, y);
+  for (std::size_t j = 0; j < 3; ++j)
+    for (Index c = 0; c < d; ++c) CHECK(y(unsorted[j], c) == x(unsorted[j], c) + gates[j] * update(Index(j), c));
+  CHECK((y.row(1).array() == 9.f).all());
+}
+
 TEST_CASE("Workspace::reserve rejects negative sizes, naming them") {
   Workspace<float> ws;
   require_mentions(error_message([&] { ws.reserve(Shape{-1, 4}, 8, 2); }), {"Workspace::reserve", "shape.batch", "-1"});
@@ -403,4 +429,32 @@ TEST_CASE_TEMPLATE("forward_dense is the plain residual block x + f(x), in place
   }
   require_mentions(error_message([&] { forward_dense<T>(f, x, Shape{3, 9}, y, ws); }),
                    {"forward_dense", "x.rows()", "27", "18"});
+}
+
+// The workspace describes the last forward only: a dense one after a routed one must not
+// leave the routed forward's logits and inputs readable as if they were its own.
+TEST_CASE_TEMPLATE("after forward_dense the workspace holds no logits, and routed_x only with padding", T, float, double) {
+  const Index d = 6;
+  const Shape shape{2, 5};
+  const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 91);
+  RowMatrix<T> y(shape.rows(), d);
+  Workspace<T> ws;
+  auto block = make_block<T>(d, Capacity::tokens(2), RowLocal{});
+  block.forward(x, shape, y, ws);
+  CHECK(ws.logits().size() == std::size_t(shape.rows()));
+  CHECK(ws.routed_x().rows() == 4);
+  RowLocal f;
+  forward_dense<T>(f, x, shape, y, ws);
+  CHECK(ws.logits().empty());
+  CHECK(ws.routed_x().rows() == 0);  // f read x in place
+  CHECK(ws.update().rows() == shape.rows());
+  const std::vector<Index> lengths = {5, 3};
+  forward_dense<T>(f, x, shape, y, ws, lengths);
+  CHECK(ws.logits().empty());
+  REQUIRE(ws.routed_x().rows() == 8);
+  CHECK(bit_equal(ws.routed_x().topRows(5), x.topRows(5)));
+  CHECK(bit_equal(ws.routed_x().bottomRows(3), x.middleRows(5, 3)));
+  block.forward(x, shape, y, ws);
+  CHECK(ws.logits().size() == std::size_t(shape.rows()));
+  CHECK(ws.routed_x().rows() == 4);
 }

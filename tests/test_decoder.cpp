@@ -2,8 +2,10 @@
 // causal forward over whole sequences; skipped tokens never enter a layer's cache.
 #include "test_helpers.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 
 using namespace mixdepth;
 using namespace mixdepth::testing;
@@ -269,4 +271,44 @@ TEST_CASE("decoder: restore() returns to a checkpoint and decoding again gives t
   CHECK(decoder.kv_bytes() == bytes);
   decoder.step(token, second, Routing::router);
   CHECK(bit_equal(first, second));
+}
+
+// A checkpoint of another batch size, a default-built one, or one from a later point than the
+// decoder's state read past the checkpoint's vectors or cut caches before failing. Now every
+// size is checked first, under its name, and nothing changes.
+TEST_CASE("decoder: restore() rejects a checkpoint that is not of this decoder's past") {
+  Decoder<float> decoder(small_config(), 47);
+  decoder.reset(1, 16, 16);
+  const Shape shape{1, 6};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), 32, 14);
+  RowMatrix<float> y(6, 32), out(1, 32);
+  decoder.prefill(x, shape, y, Routing::top_k);
+  const auto single = decoder.checkpoint();
+  const RowMatrix<float> token = random_matrix<float>(1, 32, 15);
+  decoder.step(token, out, Routing::router);
+  const auto later = decoder.checkpoint();
+  decoder.restore(single);
+  const std::size_t bytes = decoder.kv_bytes();
+  const std::vector<Index> positions(decoder.positions().begin(), decoder.positions().end());
+  auto unchanged = [&] {
+    return decoder.kv_bytes() == bytes &&
+           std::equal(positions.begin(), positions.end(), decoder.positions().begin(), decoder.positions().end());
+  };
+  require_mentions(error_message([&] { decoder.restore(Decoder<float>::Checkpoint{}); }),
+                   {"Decoder::restore", "checkpoint.sizes.size()", "got 0"});
+  require_mentions(error_message([&] { decoder.restore(later); }), {"checkpoint.sizes[", "in [0, "});
+  auto bad_position = single;
+  bad_position.positions[0] = 1000;
+  require_mentions(error_message([&] { decoder.restore(bad_position); }),
+                   {"checkpoint.positions[0]", "in [0, 6]", "got 1000"});
+  CHECK(unchanged());
+
+  RowMatrix<float> two(2, 32);
+  two << token, token;
+  decoder.reset(2, 16, 16);
+  RowMatrix<float> two_out(2, 32);
+  decoder.step(two, two_out, Routing::router);
+  const std::string got = "got " + std::to_string(single.sizes.size());
+  require_mentions(error_message([&] { decoder.restore(single); }),
+                   {"checkpoint.sizes.size() (layers * batch)", got.c_str()});
 }

@@ -46,6 +46,7 @@ struct BlockForward {
     ws.shape_ = shape;
     ws.k_ = k;
     ws.dim_ = router.dim();
+    ws.logit_rows_ = shape.rows();
     if (shape.rows() == 0) return;
     // Per sequence (rows are independent: the same logits at any thread count).
     for_each_sequence(ws, shape.batch, [&](Index b, int) {
@@ -134,6 +135,7 @@ struct BlockForward {
     ws.shape_ = shape;
     ws.k_ = 0;
     ws.dim_ = d;
+    ws.logit_rows_ = 0;  // no router
     Index n = 0;
     ws.offsets_[0] = 0;
     for (Index b = 0; b < shape.batch; ++b) {
@@ -149,6 +151,7 @@ struct BlockForward {
     }
     ws.routed_ = n;
     const bool padded = n != shape.rows();
+    ws.routed_x_rows_ = padded ? n : 0;
     // Without padding f reads x in place; with it, the valid rows are gathered first.
     if (padded && n > 0 && d > 0)
       for_each_sequence(ws, shape.batch, [&](Index b, int) {
@@ -182,6 +185,7 @@ struct BlockForward {
                               ws.routed_x_.data() + first * d, d);
       });
     ws.arena_.reset();
+    ws.routed_x_rows_ = n;
     ConstRowMatrixMap<T> routed_x(ws.routed_x_.data(), n, d);
     RowMatrixMap<T> update(ws.update_.data(), n, d);
     const Routed<T> routed{routed_x,

@@ -1,7 +1,10 @@
 #pragma once
 // Row gather (routed rows into a compact matrix) and the gated scatter of Eq. 1.
+#include <algorithm>
 #include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/dispatch.hpp"
 #include "kernels/rows_portable.hpp"
@@ -28,6 +31,23 @@ void scatter_gated_unchecked(const T* x, Index x_stride, T* y, Index y_stride, c
                                               update_stride, gates);
 }
 
+// Throws unless every index in rows is distinct, naming the first repeated one.
+inline void require_distinct_rows(std::string_view where, std::span<const Position> rows) {
+  std::vector<std::pair<Position, std::size_t>> sorted(rows.size());
+  for (std::size_t j = 0; j < rows.size(); ++j) sorted[j] = {rows[j], j};
+  std::sort(sorted.begin(), sorted.end());
+  std::size_t first = rows.size(), second = 0;  // the repeat with the lowest second index
+  for (std::size_t i = 1; i < sorted.size(); ++i)
+    if (sorted[i].first == sorted[i - 1].first && sorted[i].second < first) {
+      first = sorted[i].second;
+      second = sorted[i - 1].second;
+    }
+  if (first < rows.size())
+    fail(where, "rows[" + std::to_string(first) + "]",
+         "an index not given before (rows[" + std::to_string(second) + "] is " + std::to_string(rows[second]) + ")",
+         rows[first]);
+}
+
 }  // namespace detail
 
 // out.row(j) = x.row(rows[j]). Throws mixdepth::Error unless out is [rows.size(), x.cols()],
@@ -50,7 +70,9 @@ void gather_rows(MatrixCRef<T> x, std::span<const Position> rows, MatrixRef<T> o
 
 // y.row(rows[j]) = x.row(rows[j]) + gates[j] * update.row(j); other rows of y are not touched.
 // x and y may be the same matrix (in place) but must not partially overlap. Throws
-// mixdepth::Error on mismatched sizes or row indices outside [0, x.rows()).
+// mixdepth::Error on mismatched sizes, row indices outside [0, x.rows()) or a row index
+// given twice (in place the two updates would add up, out of place the last would win).
+// Ascending rows, as every MoD selection is, are checked without allocating.
 template <class T, class Arch = kernels::static_arch>
 void scatter_gated(MatrixCRef<T> x, std::span<const Position> rows, MatrixCRef<T> update,
                    std::span<const T> gates, MatrixRef<T> y) {
@@ -63,10 +85,14 @@ void scatter_gated(MatrixCRef<T> x, std::span<const Position> rows, MatrixCRef<T
   detail::require_equal(where, "gates.size()", n, static_cast<Index>(gates.size()));
   if (x.data() != y.data() && detail::overlaps(x, y))
     detail::fail(where, "y", "the same matrix as x or disjoint from it", "a partial overlap");
-  for (Index j = 0; j < n; ++j)
+  bool ascending = true;
+  for (Index j = 0; j < n; ++j) {
     if (rows[j] < 0 || rows[j] >= x.rows())
       detail::fail(where, "rows[" + std::to_string(j) + "]",
                    "in [0, " + std::to_string(x.rows()) + ")", rows[j]);
+    ascending = ascending && (j == 0 || rows[j - 1] < rows[j]);
+  }
+  if (!ascending) detail::require_distinct_rows(where, rows);
   if (x.cols() == 0) return;
   if (x.data() == y.data() && x.outerStride() != y.outerStride())
     detail::fail(where, "y.outerStride()", x.outerStride(), y.outerStride());

@@ -31,8 +31,8 @@ class Workspace {
   Shape shape() const { return shape_; }
   // Tokens selected per sequence by top-k, padding included (0 after a causal forward).
   Index k() const { return k_; }
-  // Router logits of every row, [shape.rows()].
-  std::span<const T> logits() const { return {logits_.data(), size(shape_.rows())}; }
+  // Router logits of every row, [shape.rows()]; empty after forward_dense (no router).
+  std::span<const T> logits() const { return {logits_.data(), size(logit_rows_)}; }
   // select_top_k output: k positions per sequence, ascending, padding included.
   std::span<const Position> selected() const { return {selected_.data(), size(shape_.batch * k_)}; }
   // The routed (non-padding) rows as global row indices b * seq_len + position, [n].
@@ -47,8 +47,9 @@ class Workspace {
   }
   // g(r) of every routed row, [n].
   std::span<const T> gates() const { return {gates_.data(), size(routed_)}; }
-  // The block function's inputs and outputs f_i, [n, d].
-  ConstRowMatrixMap<T> routed_x() const { return {routed_x_.data(), routed_, dim_}; }
+  // The block function's inputs, [n, d] (empty after a forward_dense without padding: f
+  // then read x in place), and its outputs f_i, [n, d].
+  ConstRowMatrixMap<T> routed_x() const { return {routed_x_.data(), routed_x_rows_, dim_}; }
   ConstRowMatrixMap<T> update() const { return {update_.data(), routed_, dim_}; }
 
   // Scratch handed to the block function.
@@ -97,6 +98,8 @@ class Workspace {
   Index k_ = 0;
   Index dim_ = 0;
   Index routed_ = 0;
+  Index logit_rows_ = 0;     // rows of logits_ the last forward wrote
+  Index routed_x_rows_ = 0;  // rows of routed_x_ the last forward wrote
   std::vector<T> logits_;
   std::vector<Position> selected_;
   std::vector<Position> routed_rows_;

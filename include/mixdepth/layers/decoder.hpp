@@ -176,8 +176,11 @@ class Decoder {
 
   // The same stack over whole sequences without any cache: MoD layers route by `routing`
   // (top-k, or the causal rules token by token). Decoding step by step with a causal rule
-  // gives these outputs. Does not touch the caches. On any error y and layer_inputs are left
-  // as they were.
+  // gives these outputs up to rounding: a step's products have one row, which Eigen's
+  // matrix-vector code sums in another order than the kernel that multiplies many rows. So
+  // a token whose causal logit lies within rounding of the threshold can be routed in one
+  // and skipped in the other, and its output then differs by the block's whole update.
+  // Does not touch the caches. On any error y and layer_inputs are left as they were.
   void forward(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Routing routing, std::span<const Index> lengths = {},
                std::vector<RowMatrix<T>>* layer_inputs = nullptr) {
     run_layers(x, shape, y, routing, lengths, {}, layer_inputs, /*cached=*/false);
@@ -190,10 +193,29 @@ class Decoder {
     std::vector<Index> positions;
   };
   Checkpoint checkpoint() const { return save(); }
+  // Requires a checkpoint of this decoder since its last reset(): every size and position
+  // at most the current one. Checked before anything changes.
   void restore(const Checkpoint& c) {
+    constexpr std::string_view where = "Decoder::restore";
+    const std::size_t batch_size = std::size_t(batch());
+    detail::require_equal(where, "checkpoint.sizes.size() (layers * batch)", Index(layers_.size() * batch_size),
+                          Index(c.sizes.size()));
+    detail::require_equal(where, "checkpoint.positions.size() (batch)", batch(), Index(c.positions.size()));
     for (std::size_t l = 0; l < layers_.size(); ++l)
-      for (Index b = 0; b < batch(); ++b)
-        layers_[l]->cache.truncate(b, c.sizes[l * std::size_t(batch()) + std::size_t(b)]);
+      for (std::size_t b = 0; b < batch_size; ++b) {
+        const Index size = c.sizes[l * batch_size + b], now = layers_[l]->cache.size(Index(b));
+        if (size < 0 || size > now)
+          detail::fail(where, "checkpoint.sizes[" + std::to_string(l * batch_size + b) + "]",
+                       "in [0, " + std::to_string(now) + "] (layer " + std::to_string(l) + "'s cache of sequence " +
+                           std::to_string(b) + " now)",
+                       size);
+      }
+    for (std::size_t b = 0; b < batch_size; ++b)
+      if (c.positions[b] < 0 || c.positions[b] > positions_[b])
+        detail::fail(where, "checkpoint.positions[" + std::to_string(b) + "]",
+                     "in [0, " + std::to_string(positions_[b]) + "]", c.positions[b]);
+    for (std::size_t l = 0; l < layers_.size(); ++l)
+      for (std::size_t b = 0; b < batch_size; ++b) layers_[l]->cache.truncate(Index(b), c.sizes[l * batch_size + b]);
     positions_ = c.positions;
   }
 
