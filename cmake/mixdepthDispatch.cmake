@@ -29,9 +29,17 @@
 #
 # Rules:
 #   - Link one dispatch library per program: each defines the runtime:: functions.
-#   - Static-dispatch code elsewhere in the program, whatever its -m flags, is fine: every
-#     kernel's name carries the instruction set it was compiled for (the plain-loop
-#     kernels' `scalar_arch` tag included), so the linker never merges two of them.
+#   - Link it to every target that includes mixdepth. select_top_k, Block, Router::score
+#     and the rest keep their names under MIXDEPTH_RUNTIME_DISPATCH but call the kernels
+#     through active(); a program with units of both modes holds two definitions of each
+#     (an ODR violation: the linker keeps one, so some calls go the other mode's way; the
+#     results are the same, the speed and the CPU check are not).
+#   - Every kernel's name carries the instruction set it was compiled for (the plain-loop
+#     kernels' `scalar_arch` tag included), so units of different instruction sets never
+#     share a kernel. A static-dispatch unit of the same instruction set as one of these
+#     units (say -march=native on an AVX-512 VBMI2 machine) does share them, and the copy
+#     the linker keeps may use what its flags add beyond the unit's (BMI1/BMI2 with GCC 12
+#     and -march=native; every Intel and AMD CPU with AVX2 has those).
 #   - GCC or clang (the -m flags and __builtin_cpu_supports).
 include_guard(GLOBAL)
 include(CheckCXXCompilerFlag)

@@ -10,6 +10,9 @@
 // of the best architecture the running CPU supports, among those a library built with
 // mixdepth_add_dispatch_library() (cmake/mixdepthDispatch.cmake) compiled, one translation
 // unit per architecture. Link that library; it defines MIXDEPTH_RUNTIME_DISPATCH for you.
+// Link it to every unit of the program that includes mixdepth: the functions that call
+// these entry points (select_top_k, Block, ...) have the same names in both modes, so a
+// program mixing the modes holds two definitions of each (cmake/mixdepthDispatch.cmake).
 #include <cstddef>
 #include <cstdint>
 
