@@ -73,6 +73,40 @@ TEST_CASE_TEMPLATE("kernel router_scores equals x w + bias in double precision, 
   CHECK(checked == long(std::size(widths)) * 9 * arch_count());
 }
 
+// A decode step scores one row; the forward over the sequence scores it among the others
+// (four at a time, then the rest one by one). Its logit must not change: otherwise a token
+// whose logit lies near a threshold could be routed in one and skipped in the other. (Before,
+// the last rows of a call summed with two accumulators, the groups of four with one.)
+TEST_CASE_TEMPLATE("kernel router_scores gives a row the same logit alone as among other rows", T, float, double) {
+  std::mt19937_64 rng(11);
+  long checked = 0;
+  for (std::ptrdiff_t d : widths) {
+    const std::ptrdiff_t rows = 11;
+    const auto x = normal_values<T>(rng, rows * d);
+    const auto w = normal_values<T>(rng, d);
+    const T bias = T(-0.5);
+    for_each_arch([&](auto arch) {
+      using Arch = decltype(arch);
+      std::vector<T> together(static_cast<std::size_t>(rows));
+      kernels::router_scores<Arch>(x.data(), d, rows, d, w.data(), bias, together.data());
+      for (std::ptrdiff_t first = 0; first < rows; ++first)
+        for (std::ptrdiff_t count = 1; first + count <= rows; ++count) {
+          std::vector<T> part(static_cast<std::size_t>(count));
+          kernels::router_scores<Arch>(x.data() + first * d, d, count, d, w.data(), bias, part.data());
+          for (std::ptrdiff_t r = 0; r < count; ++r) {
+            const bool same = std::memcmp(&part[std::size_t(r)], &together[std::size_t(first + r)], sizeof(T)) == 0;
+            if (!same) {
+              INFO("arch=", std::string(Arch::name()), " d=", d, " rows [", first, ", ", first + count, ") row ", first + r);
+              CHECK(same);
+            }
+          }
+        }
+      ++checked;
+    });
+  }
+  CHECK(checked == long(std::size(widths)) * arch_count());
+}
+
 TEST_CASE_TEMPLATE("kernel gather_rows equals the portable gather bit for bit", T, float, double) {
   std::mt19937_64 rng(11);
   long checked = 0;

@@ -13,7 +13,9 @@
 namespace mixdepth::kernels {
 
 // logits[i] = x row i . weight + bias, for i in [0, rows). The summation order is not the
-// portable one (several partial sums per row): compare with a tolerance.
+// portable one (several partial sums per row): compare with a tolerance. It is the same for
+// every row, however many rows are scored together: a row's logit in a decode step equals
+// its logit in a forward over the whole sequence, bit for bit.
 template <class Arch, class T>
 void router_scores(const T* x, std::ptrdiff_t x_stride, std::ptrdiff_t rows, std::ptrdiff_t d,
                    const T* weight, T bias, T* logits) noexcept {
@@ -56,16 +58,13 @@ void router_scores(const T* x, std::ptrdiff_t x_stride, std::ptrdiff_t rows, std
       logits[r + 2] = shim::reduce_add<Arch>(a2) + tail(x2) + bias;
       logits[r + 3] = shim::reduce_add<Arch>(a3) + tail(x3) + bias;
     }
+    // The last rows one by one, in the same order of operations as above.
     for (; r < rows; ++r) {
       const T* xr = x + r * x_stride;
-      batch a0(T(0)), a1(T(0));
-      std::ptrdiff_t c = 0;
-      for (; c + 2 * width <= body; c += 2 * width) {
-        a0 = xsimd::fma(batch::load_unaligned(xr + c), batch::load_unaligned(weight + c), a0);
-        a1 = xsimd::fma(batch::load_unaligned(xr + c + width), batch::load_unaligned(weight + c + width), a1);
-      }
-      if (c < body) a0 = xsimd::fma(batch::load_unaligned(xr + c), batch::load_unaligned(weight + c), a0);
-      logits[r] = shim::reduce_add<Arch>(a0 + a1) + tail(xr) + bias;
+      batch a(T(0));
+      for (std::ptrdiff_t c = 0; c < body; c += width)
+        a = xsimd::fma(batch::load_unaligned(xr + c), batch::load_unaligned(weight + c), a);
+      logits[r] = shim::reduce_add<Arch>(a) + tail(xr) + bias;
     }
   }
 }
