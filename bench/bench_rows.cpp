@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
-#include <new>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -33,24 +32,11 @@ std::vector<std::vector<mixdepth::Position>> routed_rows(int k) {
   return sets;
 }
 
-// Every buffer starts on a cache line, as Block's are (its workspace arena aligns to 64 bytes,
-// and Eigen does with AVX-512). With plain std::vector the start depended on what the
-// allocator had served before: a fresh mmap gave 16 bytes past a line, the heap after the
-// block benchmarks other offsets, and the gather's time moved with it (bench/README.md).
-template <class T>
-struct LineAligned {
-  using value_type = T;
-  static constexpr std::align_val_t line{64};
-  LineAligned() = default;
-  template <class U>
-  LineAligned(const LineAligned<U>&) noexcept {}
-  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), line)); }
-  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, line); }
-  template <class U>
-  bool operator==(const LineAligned<U>&) const noexcept { return true; }
-};
-
-using Buffer = std::vector<float, LineAligned<float>>;
+// Every buffer starts on a cache line, as Block's do (its workspace's row buffers, and x
+// itself when Eigen aligns for AVX-512). With plain std::vector the start depended on what
+// the allocator had served before: a fresh mmap gave 16 bytes past a line, the heap after
+// the block benchmarks other offsets, and the gather's time moved with it (bench/README.md).
+using Buffer = mixdepth::detail::LineAlignedVector<float>;
 
 Buffer filled(std::size_t n, float value) { return Buffer(n, value); }
 

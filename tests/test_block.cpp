@@ -452,6 +452,8 @@ TEST_CASE_TEMPLATE("after forward_dense the workspace holds no logits, and route
   forward_dense<T>(f, x, shape, y, ws, lengths);
   CHECK(ws.logits().empty());
   REQUIRE(ws.routed_x().rows() == 8);
+  CHECK(reinterpret_cast<std::uintptr_t>(ws.routed_x().data()) % 64 == 0);  // cache-line aligned, as x's rows are
+  CHECK(reinterpret_cast<std::uintptr_t>(ws.update().data()) % 64 == 0);
   CHECK(bit_equal(ws.routed_x().topRows(5), x.topRows(5)));
   CHECK(bit_equal(ws.routed_x().bottomRows(3), x.middleRows(5, 3)));
   block.forward(x, shape, y, ws);

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <span>
 #include <utility>
 #include <vector>
@@ -120,5 +121,31 @@ class Arena {
   std::size_t current_ = 0;
   Index used_ = 0;
 };
+
+namespace detail {
+
+// The standard allocator's interface, with every block starting on a cache line (64 bytes,
+// as Arena's chunks and Eigen's AVX-512 allocations do). Workspace's row buffers use it: the
+// row kernels copy fastest when source and destination lie alike against a line, and a
+// plain vector starts wherever the allocator's history puts it (bench/README.md).
+template <class T>
+struct CacheLineAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t line{64};
+  CacheLineAllocator() = default;
+  template <class U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) noexcept {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), line)); }
+  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, line); }
+  template <class U>
+  bool operator==(const CacheLineAllocator<U>&) const noexcept {
+    return true;
+  }
+};
+
+template <class T>
+using LineAlignedVector = std::vector<T, CacheLineAllocator<T>>;
+
+}  // namespace detail
 
 }  // namespace mixdepth

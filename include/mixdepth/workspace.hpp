@@ -106,8 +106,8 @@ class Workspace {
   std::vector<Position> routed_positions_;
   std::vector<Index> offsets_;
   std::vector<T> gates_;
-  std::vector<T> routed_x_;
-  std::vector<T> update_;
+  detail::LineAlignedVector<T> routed_x_;  // [n, d] rows, as x's start on a line
+  detail::LineAlignedVector<T> update_;
   std::vector<std::uint8_t> decisions_;  // causal mode: the rule's decision per row
   std::vector<TopKScratch<T>> top_k_scratch_;  // one per pool thread
   Arena<T> arena_;

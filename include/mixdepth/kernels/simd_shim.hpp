@@ -28,7 +28,8 @@ namespace mixdepth::kernels::shim {
 // ---- denormal inputs read as numbers ------------------------------------------------------
 
 // While one lives, the SSE/AVX compares read denormal inputs as the numbers they are: the
-// MXCSR's denormals-are-zero bit (DAZ), if set, is cleared, and restored on exit. Executables
+// MXCSR's denormals-are-zero bit (DAZ), if set, is cleared, and set again on exit (only that
+// bit: exception flags the kernel raised stay raised, as without DAZ). Executables
 // linked with -ffast-math or -Ofast set it at startup (crtfastmath.o), as some shared
 // libraries built that way do when loaded. Under DAZ a vector compare says a denormal equals
 // zero while its integer key says otherwise, and a kernel that counts with one and writes
@@ -44,7 +45,7 @@ class denormals_as_numbers {
   }
   ~denormals_as_numbers() {
 #if defined(__SSE__)
-    if (saved_ & daz) _mm_setcsr(saved_);
+    if (saved_ & daz) _mm_setcsr(_mm_getcsr() | daz);
 #endif
   }
   denormals_as_numbers(const denormals_as_numbers&) = delete;
