@@ -1,7 +1,8 @@
 #pragma once
 // Arena<T>: scratch memory that a block function takes from its workspace. Once it has seen
 // the largest request pattern it never allocates: every cycle between reset() calls reuses
-// one chunk.
+// one chunk. Also detail::CacheLineAllocator, the 64-byte-aligned allocator of Workspace's
+// row buffers (and of the row benchmarks'), since chunks and those buffers share the rule.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
