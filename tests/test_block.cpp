@@ -404,6 +404,50 @@ TEST_CASE("Workspace::reserve rejects negative sizes, naming them") {
   ws.reserve(Shape{2, 4}, 8, 2);  // good sizes: no throw
 }
 
+TEST_CASE("a moved-from Workspace is empty, and the one moved to holds the forward's results") {
+  const Index d = 6;
+  const Shape shape{2, 8};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), d, 31);
+  RowMatrix<float> y(shape.rows(), d), y_again(shape.rows(), d);
+  const auto block = make_block<float>(d, Capacity::fraction(0.5), RowLocal{});
+  ThreadPool pool(2);
+  auto check_empty = [](const Workspace<float>& ws) {
+    CHECK(ws.shape() == Shape{});
+    CHECK(ws.k() == 0);
+    CHECK(ws.logits().empty());
+    CHECK(ws.selected().empty());
+    CHECK(ws.routed_rows().empty());
+    CHECK(ws.routed_positions().empty());
+    CHECK(ws.offsets().empty());
+    CHECK(ws.gates().empty());
+    CHECK(ws.routed_x().size() == 0);
+    CHECK(ws.update().size() == 0);
+    CHECK(ws.thread_pool() == nullptr);
+  };
+  Workspace<float> ws;
+  ws.set_thread_pool(&pool);
+  block.forward(x, shape, y, ws);
+  const std::vector<Position> selected(ws.selected().begin(), ws.selected().end());
+  const RowMatrix<float> update = ws.update();
+  REQUIRE(selected.size() == 8);
+
+  Workspace<float> moved(std::move(ws));
+  check_empty(ws);  // NOLINT(bugprone-use-after-move): the state after a move is the point
+  CHECK(moved.thread_pool() == &pool);
+  CHECK(std::vector<Position>(moved.selected().begin(), moved.selected().end()) == selected);
+  CHECK(bit_equal(RowMatrix<float>(moved.update()), update));
+
+  Workspace<float> assigned;
+  assigned = std::move(moved);
+  check_empty(moved);  // NOLINT(bugprone-use-after-move)
+  CHECK(std::vector<Position>(assigned.selected().begin(), assigned.selected().end()) == selected);
+  CHECK(bit_equal(RowMatrix<float>(assigned.update()), update));
+
+  block.forward(x, shape, y_again, ws);  // a moved-from workspace takes a forward as a new one
+  CHECK(bit_equal(y_again, y));
+  CHECK(std::vector<Position>(ws.selected().begin(), ws.selected().end()) == selected);
+}
+
 TEST_CASE_TEMPLATE("forward_dense is the plain residual block x + f(x), in place or not, with padding", T, float, double) {
   const Index d = 11;
   const Shape shape{2, 9};

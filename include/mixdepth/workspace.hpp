@@ -5,6 +5,7 @@
 // selected positions, update), which a backward pass reads instead of recomputing.
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "arena.hpp"
@@ -24,8 +25,50 @@ class Workspace {
   Workspace() = default;
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
-  Workspace(Workspace&&) noexcept = default;
-  Workspace& operator=(Workspace&&) noexcept = default;
+  // A moved-from workspace is empty, as a new one: its accessors return empty views and its
+  // next forward grows its buffers again. (Defaulted moves would leave the counters of the
+  // last forward beside emptied buffers.)
+  Workspace(Workspace&& other) noexcept
+      : shape_(std::exchange(other.shape_, Shape{})),
+        k_(std::exchange(other.k_, 0)),
+        dim_(std::exchange(other.dim_, 0)),
+        routed_(std::exchange(other.routed_, 0)),
+        logit_rows_(std::exchange(other.logit_rows_, 0)),
+        routed_x_rows_(std::exchange(other.routed_x_rows_, 0)),
+        logits_(std::move(other.logits_)),
+        selected_(std::move(other.selected_)),
+        routed_rows_(std::move(other.routed_rows_)),
+        routed_positions_(std::move(other.routed_positions_)),
+        offsets_(std::move(other.offsets_)),
+        gates_(std::move(other.gates_)),
+        routed_x_(std::move(other.routed_x_)),
+        update_(std::move(other.update_)),
+        decisions_(std::move(other.decisions_)),
+        top_k_scratch_(std::move(other.top_k_scratch_)),
+        arena_(std::move(other.arena_)),
+        pool_(std::exchange(other.pool_, nullptr)) {}
+  Workspace& operator=(Workspace&& other) noexcept {
+    if (this == &other) return *this;
+    shape_ = std::exchange(other.shape_, Shape{});
+    k_ = std::exchange(other.k_, 0);
+    dim_ = std::exchange(other.dim_, 0);
+    routed_ = std::exchange(other.routed_, 0);
+    logit_rows_ = std::exchange(other.logit_rows_, 0);
+    routed_x_rows_ = std::exchange(other.routed_x_rows_, 0);
+    logits_ = std::exchange(other.logits_, {});
+    selected_ = std::exchange(other.selected_, {});
+    routed_rows_ = std::exchange(other.routed_rows_, {});
+    routed_positions_ = std::exchange(other.routed_positions_, {});
+    offsets_ = std::exchange(other.offsets_, {});
+    gates_ = std::exchange(other.gates_, {});
+    routed_x_ = std::exchange(other.routed_x_, {});
+    update_ = std::exchange(other.update_, {});
+    decisions_ = std::exchange(other.decisions_, {});
+    top_k_scratch_ = std::exchange(other.top_k_scratch_, {});
+    arena_ = std::move(other.arena_);
+    pool_ = std::exchange(other.pool_, nullptr);
+    return *this;
+  }
 
   // What the last forward computed.
   Shape shape() const { return shape_; }
@@ -112,6 +155,7 @@ class Workspace {
   std::vector<TopKScratch<T>> top_k_scratch_;  // one per pool thread
   Arena<T> arena_;
   ThreadPool* pool_ = nullptr;
+  // A member added here must be added to the two moves above.
 };
 
 }  // namespace mixdepth
