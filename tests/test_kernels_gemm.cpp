@@ -1,8 +1,11 @@
 // The GEMM kernel on every architecture this build can run, against a double-precision
 // (long double for double) reference within the rounding bound of a k-term dot product:
 // shapes across every tile, panel and block edge, transposed operands, alpha, accumulation,
-// an empty depth; plus the promise of kernels/gemm.hpp that a coefficient does not depend
-// on the other rows and columns of the product, and that edge tiles write nothing outside C.
+// an empty depth, a C of NaN that overwriting must ignore; plus the promise of
+// kernels/gemm.hpp that a coefficient does not depend on the other rows and columns of the
+// product, and that edge tiles write nothing outside C. This file is compiled with
+// -ffp-contract=fast (tests/CMakeLists.txt), as a user's code may be: the kernel's bits must
+// not depend on it (the reference's bound covers any contraction).
 #include "test_kernels_common.hpp"
 
 #include <mixdepth/kernels/gemm.hpp>
@@ -122,7 +125,7 @@ TEST_CASE_TEMPLATE("kernel gemm equals A B in wider precision, within rounding, 
         const std::ptrdiff_t ldc = n + std::ptrdiff_t(rng() % 3);
         std::vector<T> c0(std::size_t(m * ldc + 5), T(sentinel));
         for (std::ptrdiff_t i = 0; i < m; ++i)
-          for (std::ptrdiff_t j = 0; j < n; ++j) c0[std::size_t(i * ldc + j)] = accumulate ? T(0.5 * j - i) : T(777);
+          for (std::ptrdiff_t j = 0; j < n; ++j) c0[std::size_t(i * ldc + j)] = accumulate ? T(0.5 * j - i) : std::numeric_limits<T>::quiet_NaN();
         for_each_arch([&](auto arch) {
           using Arch = decltype(arch);
           const std::vector<T> c = run<Arch>(o, alpha, accumulate, c0, ldc);
@@ -157,6 +160,46 @@ TEST_CASE_TEMPLATE("kernel gemm: a coefficient depends on its row, its column an
                                      sizeof(T)) == 0;
       INFO("arch=", std::string(Arch::name()), " m=", m, " n=", n, " k=", k, " i0=", i0, " j0=", j0);
       CHECK(same);
+    });
+  }
+}
+
+// The extreme windows: one column (n = 1) and one row (m = 1), where a compiler that
+// vectorizes the plain loops for n > 1 runs its scalar remainder instead.
+TEST_CASE_TEMPLATE("kernel gemm: a row or a column computed alone has the bits it has in the whole product", T,
+                   float, double) {
+  std::mt19937_64 rng(24);
+  const std::ptrdiff_t m = 4, n = 70, k = 600;
+  const Operands<T> o = make_operands<T>(rng, m, n, k, false, false);
+  for (const bool accumulate : {false, true}) {
+    const std::vector<T> c0 = normal_values<T>(rng, m * n);
+    const T alpha = accumulate ? T(1) : T(-0.3);
+    for_each_arch([&](auto arch) {
+      using Arch = decltype(arch);
+      const std::vector<T> full = run<Arch>(o, alpha, accumulate, c0, n);
+      long differ = 0;
+      for (std::ptrdiff_t j = 0; j < n; ++j) {
+        Operands<T> column = o;
+        column.n = 1;
+        column.b.assign(o.b.begin() + j, o.b.end());
+        // Room past the m coefficients, as a whole tile's store would need (GCC's
+        // -Warray-bounds cannot see that a one-column product never makes one).
+        std::vector<T> c(static_cast<std::size_t>(m + 64), T(0));
+        for (std::ptrdiff_t i = 0; i < m; ++i) c[std::size_t(i)] = c0[std::size_t(i * n + j)];
+        c = run<Arch>(column, alpha, accumulate, c, 1);
+        for (std::ptrdiff_t i = 0; i < m; ++i)
+          differ += std::memcmp(&c[std::size_t(i)], &full[std::size_t(i * n + j)], sizeof(T)) != 0;
+      }
+      for (std::ptrdiff_t i = 0; i < m; ++i) {
+        Operands<T> row = o;
+        row.m = 1;
+        row.a.assign(o.a.begin() + i * o.a_rs, o.a.end());
+        const std::vector<T> c = run<Arch>(row, alpha, accumulate,
+                                           std::vector<T>(c0.begin() + i * n, c0.begin() + (i + 1) * n), n);
+        differ += std::memcmp(c.data(), &full[std::size_t(i * n)], sizeof(T) * std::size_t(n)) != 0;
+      }
+      INFO("arch=", std::string(Arch::name()), " accumulate=", accumulate);
+      CHECK(differ == 0);
     });
   }
 }

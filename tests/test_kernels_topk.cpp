@@ -52,7 +52,7 @@ int mismatches(const std::vector<T>& s, std::ptrdiff_t k, std::ptrdiff_t valid, 
     const bool same = guards_intact && std::equal(expected.begin(), expected.end(), actual.begin() + 32);
     if (!same) {
       INFO("arch=", std::string(Arch::name()), " T=", std::string(sizeof(T) == 4 ? "float" : "double"), " n=", n, " k=", k, " valid=", valid,
-           " distribution=", what, " guards intact=", guards_intact);
+           " distribution=", std::string(what), " guards intact=", guards_intact);
       CHECK(same);
       ++failures;
     }

@@ -798,4 +798,30 @@ TEST_CASE("random() is deterministic per seed and scaled by 1/sqrt(fan_in)") {
   CHECK(testing::bit_equal(mlp.weights().gate, SwiGluMlp<float>::random({64, 256, 1e-6}, 93).weights().gate));
   const RowMatrix<double> down = mlp.weights().down.cast<double>();
   CHECK(standard_deviation(down) == doctest::Approx(1.0 / 16.0).epsilon(0.05));
+  // Centred: |mean| within 4 standard errors of 0.
+  auto centred = [](const RowMatrix<double>& m, double sigma) {
+    return std::fabs(m.mean()) < 4.0 * sigma / std::sqrt(static_cast<double>(m.size()));
+  };
+  CHECK(centred(a.weights().query, 1.0 / 8.0));
+  CHECK(centred(a.weights().output, 1.0 / std::sqrt(128.0)));
+  CHECK(centred(down, 1.0 / 16.0));
+}
+
+TEST_CASE("RMSNorm::random's weight is 1 + 0.1 N(0, 1), each a single rounding of the seed's draw") {
+  const Index dim = 20000;
+  const Vector<double> w = RMSNorm<double>::random(dim, 5).weight();
+  NormalSource normal(5);
+  Index differ = 0;
+  // std::fma: one rounding, in every build (a plain 1 + 0.1 x was fused into an FMA or not
+  // depending on the target and the contraction flags: 5% of these differed).
+  for (Index i = 0; i < dim; ++i) differ += w[i] != std::fma(0.1, normal(), 1.0);
+  CHECK(differ == 0);
+  const double mean = w.mean();
+  const double spread = std::sqrt((w.array() - mean).square().sum() / double(dim));
+  CHECK(std::fabs(mean - 1.0) < 4.0 * 0.1 / std::sqrt(double(dim)));
+  CHECK(spread == doctest::Approx(0.1).epsilon(0.03));
+  const Vector<float> wf = RMSNorm<float>::random(dim, 5).weight();
+  CHECK(testing::bit_equal(wf, Vector<float>(w.cast<float>())));
+  testing::require_mentions(testing::error_message([] { RMSNorm<float>::random(-3, 1); }), {"RMSNorm::random", "dim", ">= 1", "-3"});
+  testing::require_mentions(testing::error_message([] { RMSNorm<float>::random(0, 1); }), {"RMSNorm::random", "dim", ">= 1", "0"});
 }

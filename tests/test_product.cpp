@@ -130,3 +130,39 @@ TEST_CASE("product() leaves tiny and vector-shaped products to Eigen's own code,
   detail::product(col_got, a, b.leftCols(1), &arena);
   CHECK(bit_equal(col_want, col_got));
 }
+
+TEST_CASE("product() rejects mismatched shapes and a result over an operand, writing nothing") {
+  Arena<float> arena;
+  const RowMatrix<float> a = random_matrix<float>(20, 30, 5), b = random_matrix<float>(30, 40, 6);
+  RowMatrix<float> dst = RowMatrix<float>::Constant(20, 40, 42.f);
+  auto untouched = [&] { return (dst.array() == 42.f).all(); };
+  // With NDEBUG these went unchecked and the kernel read past the operands.
+  require_mentions(error_message([&] { detail::product(dst, a, b.topRows(29), &arena); }),
+                   {"product", "rhs.rows()", "expected 30 (lhs.cols())", "got 29"});
+  require_mentions(error_message([&] { detail::add_product(dst.topRows(19), a, b, &arena); }),
+                   {"add_product", "dst.rows()", "expected 20 (lhs.rows())", "got 19"});
+  require_mentions(error_message([&] { detail::product(dst.leftCols(39), a, b, &arena); }),
+                   {"product", "dst.cols()", "expected 40 (rhs.cols())", "got 39"});
+  CHECK(untouched());
+
+  // dst over lhs, over a transposed rhs, and a column block interleaved with the operand's
+  // columns (the memory spanned overlaps, though no coefficient is shared): all refused.
+  RowMatrix<float> both = random_matrix<float>(20, 70, 7);
+  const RowMatrix<float> before = both;
+  require_mentions(error_message([&] { detail::product(both.leftCols(30), both.leftCols(30), random_matrix<float>(30, 30, 8), &arena); }),
+                   {"product", "dst", "memory apart from lhs", "overlapping"});
+  RowMatrix<float> square = random_matrix<float>(30, 30, 9);
+  const RowMatrix<float> square_before = square;
+  require_mentions(error_message([&] { detail::add_product(square, random_matrix<float>(30, 30, 10), square.transpose(), &arena); }),
+                   {"add_product", "dst", "memory apart from rhs", "overlapping"});
+  require_mentions(error_message([&] { detail::product(both.rightCols(40), both.leftCols(30), b, &arena, 2.f); }),
+                   {"product", "dst", "memory apart from lhs"});
+  CHECK(bit_equal(both, before));
+  CHECK(bit_equal(square, square_before));
+  // Operands that share memory with each other are fine, as is a dst beside them.
+  RowMatrix<float> wide = RowMatrix<float>::Zero(60, 30);
+  wide.topRows(30) = random_matrix<float>(30, 30, 11);
+  detail::product(wide.bottomRows(30), wide.topRows(30), wide.topRows(30).transpose(), &arena);
+  const Wide want = widen(RowMatrix<float>(wide.topRows(30))) * widen(RowMatrix<float>(wide.topRows(30))).transpose();
+  CHECK((widen(RowMatrix<float>(wide.bottomRows(30))) - want).cwiseAbs().maxCoeff() < 1e-3);
+}

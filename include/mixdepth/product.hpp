@@ -9,18 +9,26 @@
 //
 // lhs and rhs are any expressions with direct access and unit inner stride (matrices, Maps,
 // Refs, blocks of them, and their transposes; a scalar factor such as `s * A` is folded into
-// alpha as Eigen does). dst must have unit inner stride and must not alias either operand
-// (as with noalias()). The arena is rewound before returning; with a null arena the packing
-// buffers come from a local one (which allocates).
+// alpha as Eigen does). dst must not share memory with either operand (checked over the
+// memory each view spans, so views that merely interleave are refused too). Shapes that do
+// not match, or dst over an operand's memory, throw mixdepth::Error before anything is
+// written. The arena is rewound before returning; with a null arena the packing buffers come
+// from a local one (which allocates).
 //
 // The kernel runs wherever Eigen 3.4 would run its own GEMM kernel, and is faster than it
-// (bench/README.md: BM_Product beside BM_EigenProduct). Products Eigen
-// evaluates otherwise (tiny ones coefficient by coefficient, one row or column through
-// GEMV, an empty inner dimension) stay Eigen's: they need no heap memory.
+// (bench/README.md: BM_Product beside BM_EigenProduct). Products Eigen evaluates otherwise
+// (tiny ones, rows + cols + depth < 20, coefficient by coefficient; one row or one column
+// through GEMV; an empty inner dimension), and a dst with non-unit inner stride, stay
+// Eigen's. Those take no heap memory in the layers' uses (Eigen's GEMV copies an operand to
+// the heap only when it is strided and over 128 KB).
 //
 // Rounding is not Eigen's: the kernel accumulates with fused multiply-adds in its own order.
-// Each coefficient depends only on its row of lhs, its column of rhs and the inner
-// dimension, never on which other rows or columns are in the product (kernels/gemm.hpp).
+// Among the products the kernel runs, each coefficient depends only on its row of lhs, its
+// column of rhs and the inner dimension, never on which other rows or columns are in the
+// product (kernels/gemm.hpp). A row computed alone (one row: Eigen's GEMV, as in a decoding
+// step) can differ from the same row inside a larger product in its last bits.
+#include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
@@ -121,13 +129,35 @@ bool eigen_uses_gemm(Index rows, Index cols, Index depth) {
   }
 }
 
+// Throws unless dst = lhs * rhs has matching shapes and dst's memory is apart from the
+// operands' (an operand's scalar factor or transpose stripped, as the kernel reads it).
+template <class Dst, class Lhs, class Rhs>
+void check_product(std::string_view where, const Dst& dst, const Lhs& lhs, const Rhs& rhs) {
+  auto require = [&](std::string_view argument, Index expected, std::string_view named, Index actual) {
+    if (expected != actual)
+      fail(where, argument, std::to_string(expected) + " (" + std::string(named) + ")", actual);
+  };
+  require("rhs.rows()", lhs.cols(), "lhs.cols()", rhs.rows());
+  require("dst.rows()", lhs.rows(), "lhs.rows()", dst.rows());
+  require("dst.cols()", rhs.cols(), "rhs.cols()", dst.cols());
+  auto check_apart = [&](std::string_view operand, const auto& expression) {
+    using Traits = Eigen::internal::blas_traits<std::decay_t<decltype(expression)>>;
+    if constexpr (Traits::HasUsableDirectAccess) {
+      if (overlaps(dst, Traits::extract(expression)))
+        fail(where, "dst", std::string("memory apart from ") + std::string(operand), "overlapping");
+    }
+  };
+  check_apart("lhs", lhs);
+  check_apart("rhs", rhs);
+}
+
 template <class Arch, bool accumulate, class Dst, class Lhs, class Rhs>
 void product_impl(Dst& dst, const Lhs& lhs, const Rhs& rhs, Arena<typename Dst::Scalar>* arena,
                   typename Dst::Scalar alpha) {
   using T = typename Dst::Scalar;
   static_assert(std::is_same_v<T, typename Lhs::Scalar> && std::is_same_v<T, typename Rhs::Scalar>,
                 "product(): one scalar type");
-  eigen_assert(lhs.cols() == rhs.rows() && dst.rows() == lhs.rows() && dst.cols() == rhs.cols());
+  check_product(accumulate ? "add_product" : "product", dst, lhs, rhs);
   if (!eigen_uses_gemm<Lhs, Rhs>(dst.rows(), dst.cols(), lhs.cols()) || dst.innerStride() != 1) {
     eigen_product<accumulate>(dst, lhs, rhs, alpha);
     return;

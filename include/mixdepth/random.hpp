@@ -1,7 +1,10 @@
 #pragma once
-// NormalSource: seeded standard normal numbers that depend only on the seed, not on the
+// NormalSource: seeded standard normal numbers that depend on the seed, not on the C++
 // standard library (std::normal_distribution is not specified bit for bit). Used by the
-// reference layers' and the causal predictor's random initialisation.
+// reference layers' and the causal predictor's random initialisation. They go through the C
+// library's log, sin and cos, which are not correctly rounded everywhere (glibc's are not):
+// another C library can differ in the last bit of a few draws in a thousand. The
+// expressions below give the compiler nothing to fuse, so the flags do not change them.
 #include <cmath>
 #include <cstdint>
 #include <numbers>

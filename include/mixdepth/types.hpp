@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <type_traits>
+#include <utility>
 
 #include "error.hpp"
 
@@ -60,9 +62,12 @@ inline void check_lengths(std::string_view where, Shape shape, std::span<const I
 template <class A, class B>
 bool overlaps(const A& a, const B& b) {
   if (a.size() == 0 || b.size() == 0) return false;
-  auto span_of = [](const auto& m) {
+  auto span_of = [](const auto& m) {  // any direct-access view: blocks, Maps, Refs, transposes
+    using M = std::decay_t<decltype(m)>;
+    constexpr bool row_major = bool(M::Flags & Eigen::RowMajorBit);
+    const Index outer = row_major ? m.rows() : m.cols(), inner = row_major ? m.cols() : m.rows();
     const auto* first = m.data();
-    const auto* last = &m.coeffRef(m.rows() - 1, m.cols() - 1) + 1;
+    const auto* last = first + (outer - 1) * m.outerStride() + (inner - 1) * m.innerStride() + 1;
     return std::pair{reinterpret_cast<std::uintptr_t>(first), reinterpret_cast<std::uintptr_t>(last)};
   };
   const auto [a0, a1] = span_of(a);

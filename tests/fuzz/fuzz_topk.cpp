@@ -19,13 +19,16 @@
 // distinct but close keys (the bracket levels' hard case) from a short fuzz input.
 //
 // Each input runs every architecture this binary was compiled for that the kernels tell
-// apart: kernels::static_arch (AVX-512 under -march=native here), AVX2+FMA when compiled,
-// and the plain loops. Any difference, or a write outside out[0, k) (AddressSanitizer: every
-// buffer is allocated to its exact size), aborts.
+// apart: kernels::static_arch (AVX-512 under -march=native here, with VBMI2 where the CPU
+// has it), AVX-512 without VBMI2 (the other last pass), AVX2+FMA, and the plain loops. Any
+// difference, an output slot left unwritten (outputs start as sentinels, -1 here and -2 in
+// the reference), or a write outside out[0, k) (AddressSanitizer: every buffer is allocated
+// to its exact size), aborts.
 #include <mixdepth/kernels/topk_portable.hpp>
 #include <mixdepth/kernels/topk_simd.hpp>
 #include <mixdepth/topk.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -64,6 +67,7 @@ template <class T>
 std::unique_ptr<std::int32_t[]> portable(const T* scores, std::ptrdiff_t n, std::ptrdiff_t valid,
                                          std::ptrdiff_t k) {
   auto out = std::make_unique<std::int32_t[]>(std::size_t(k));
+  std::fill_n(out.get(), k, -2);
   const auto scratch = std::make_unique<kernels::TopKEntry<T>[]>(
       std::size_t(kernels::top_k_portable_scratch<T>(n)));
   kernels::top_k_portable(scores, n, valid, k, out.get(), scratch.get());
@@ -93,6 +97,7 @@ void check_arch(const T* scores, std::ptrdiff_t n, std::ptrdiff_t valid, std::pt
   // Exact sizes: AddressSanitizer reports any access past the scratch or the output.
   const auto scratch = std::make_unique<kernels::rank_key_t<T>[]>(std::size_t(kernels::top_k_scratch_size<T>(n)));
   const auto out = std::make_unique<std::int32_t[]>(std::size_t(k));
+  std::fill_n(out.get(), k, -1);
   kernels::top_k<Arch, T>(scores, n, valid, k, out.get(), scratch.get());
   if (k > 0 && std::memcmp(out.get(), expected, sizeof(std::int32_t) * std::size_t(k)) != 0) {
     report(Arch::name(), scores, n, valid, k, expected, out.get());
@@ -141,6 +146,10 @@ void run(std::uint8_t flags, const std::uint8_t* header, const std::uint8_t* dat
 
   const auto expected = portable(scores.get(), n, valid, k);
   check_arch<kernels::static_arch>(scores.get(), n, valid, k, expected.get());
+#if XSIMD_WITH_AVX512BW && !defined(MIXDEPTH_FORCE_SCALAR)
+  if constexpr (!std::is_same_v<kernels::static_arch, xsimd::avx512bw>)
+    check_arch<xsimd::avx512bw>(scores.get(), n, valid, k, expected.get());
+#endif
 #if XSIMD_WITH_FMA3_AVX2 && !defined(MIXDEPTH_FORCE_SCALAR)
   if constexpr (!std::is_same_v<kernels::static_arch, xsimd::fma3<xsimd::avx2>>)
     check_arch<xsimd::fma3<xsimd::avx2>>(scores.get(), n, valid, k, expected.get());

@@ -13,7 +13,7 @@
 // are read in place; a transposed operand is packed first, and so is the last partial panel
 // of B (zero-padded to a whole tile). The last strip of a block, when it has fewer rows than
 // a tile, runs a tile of its own height. Plain loops (scalar_arch) run i-p-j with one
-// multiply-add per element and no blocking.
+// multiply and one add per element (each rounded) and no blocking.
 //
 // The rows of a panel of B read in place lie a whole row of B apart (6 KiB in a 512 x 1536
 // weight), a stride the hardware prefetcher does not follow across pages, and weights are
@@ -58,29 +58,38 @@ struct gemm_blocking {
 
 namespace detail_gemm {
 
+// Every helper here takes Arch, plain loops too, and the kernel calls no standard algorithm
+// that moves floats (std::fill, std::copy): the compiler vectorizes such code for the unit's
+// instruction set, and a helper whose name does not carry Arch would be one weak symbol that
+// the linker hands to units compiled for other instruction sets (ODR; DESIGN.md section 5).
+
+template <class Arch>
 constexpr std::ptrdiff_t round_up(std::ptrdiff_t x, std::ptrdiff_t to) { return (x + to - 1) / to * to; }
+
+template <class Arch, class T>
+void fill_zero(T* first, std::ptrdiff_t count) noexcept {
+  for (std::ptrdiff_t i = 0; i < count; ++i) first[i] = T(0);
+}
 
 }  // namespace detail_gemm
 
-// Elements of scratch gemm<Arch, T> needs for an m x n x k product (0 for plain loops).
+// Elements of scratch gemm<Arch, T> needs for an m x n x k product: the packed panels, or
+// one row of n accumulators for plain loops; 0 for an empty product.
 template <class Arch, class T>
 constexpr std::ptrdiff_t gemm_workspace(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k) {
   using B = gemm_blocking<Arch, T>;
+  if (m <= 0 || n <= 0 || k <= 0) return 0;
   if constexpr (!B::simd) {
     return n;  // one row of accumulators
   } else {
-    if (m <= 0 || n <= 0 || k <= 0) return 0;
     const std::ptrdiff_t kc = std::min(k, B::kc);
-    const std::ptrdiff_t packed_b = kc * detail_gemm::round_up(std::min(n, B::nc), B::cols);
-    const std::ptrdiff_t packed_a = detail_gemm::round_up(std::min(m, B::mc), B::rows) * kc;
+    const std::ptrdiff_t packed_b = kc * detail_gemm::round_up<Arch>(std::min(n, B::nc), B::cols);
+    const std::ptrdiff_t packed_a = detail_gemm::round_up<Arch>(std::min(m, B::mc), B::rows) * kc;
     return packed_b + packed_a;
   }
 }
 
 namespace detail_gemm {
-
-// The packing helpers take Arch too, although they are plain loops: the compiler vectorizes
-// them for the unit's instruction set, so each unit must keep its own copy (ODR).
 
 // out[p * cols + j] = B(p, j) for p < kc, j < width; columns width..cols-1 are zero.
 template <class Arch, class T>
@@ -90,10 +99,10 @@ void pack_b_panel(const T* b, std::ptrdiff_t b_rs, std::ptrdiff_t b_cs, std::ptr
     for (std::ptrdiff_t p = 0; p < kc; ++p) {
       T* o = out + p * cols;
       std::memcpy(o, b + p * b_rs, sizeof(T) * std::size_t(width));
-      std::fill(o + width, o + cols, T(0));
+      fill_zero<Arch>(o + width, cols - width);
     }
   } else {
-    for (std::ptrdiff_t p = 0; p < kc; ++p) std::fill(out + p * cols + width, out + (p + 1) * cols, T(0));
+    for (std::ptrdiff_t p = 0; p < kc; ++p) fill_zero<Arch>(out + p * cols + width, cols - width);
     for (std::ptrdiff_t j = 0; j < width; ++j) {
       const T* column = b + j * b_cs;
       for (std::ptrdiff_t p = 0; p < kc; ++p) out[p * cols + j] = column[p * b_rs];
@@ -232,7 +241,7 @@ void tile(std::ptrdiff_t kc, Slice<T> a_strip, Slice<T> b_panel, T alpha, bool a
     if (add)
       for (std::ptrdiff_t j = 0; j < width; ++j) out[j] += in[j];
     else
-      std::copy(in, in + width, out);
+      for (std::ptrdiff_t j = 0; j < width; ++j) out[j] = in[j];
   }
 }
 
@@ -260,26 +269,32 @@ void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     if (!accumulate)
-      for (std::ptrdiff_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, T(0));
+      for (std::ptrdiff_t i = 0; i < m; ++i) detail_gemm::fill_zero<Arch>(c + i * ldc, n);
     return;
   }
   if constexpr (!Blocking::simd) {
+    // Every product is rounded before its addition, whatever the compiler's contraction
+    // flags (which would fuse some of them and not others, depending on how it vectorizes
+    // the loop, so that a row's bits would depend on n).
     T* row = work;  // n accumulators
     for (std::ptrdiff_t i = 0; i < m; ++i) {
-      std::fill(row, row + n, T(0));
+      detail_gemm::fill_zero<Arch>(row, n);
       for (std::ptrdiff_t p = 0; p < k; ++p) {
         const T ap = a[i * a_rs + p * a_cs];
         const T* bp = b + p * b_rs;
-        for (std::ptrdiff_t j = 0; j < n; ++j) row[j] += ap * bp[j * b_cs];
+        for (std::ptrdiff_t j = 0; j < n; ++j) row[j] += shim::rounded<Arch>(ap * bp[j * b_cs]);
       }
       T* out = c + i * ldc;
-      for (std::ptrdiff_t j = 0; j < n; ++j) out[j] = accumulate ? out[j] + alpha * row[j] : alpha * row[j];
+      for (std::ptrdiff_t j = 0; j < n; ++j) {
+        const T scaled = shim::rounded<Arch>(alpha * row[j]);
+        out[j] = accumulate ? out[j] + scaled : scaled;
+      }
     }
   } else {
     constexpr std::ptrdiff_t R = Blocking::rows, N = Blocking::cols;
     const std::ptrdiff_t kc_max = std::min(k, Blocking::kc);
     T* packed_b = work;
-    T* packed_a = work + kc_max * detail_gemm::round_up(std::min(n, Blocking::nc), N);
+    T* packed_a = work + kc_max * detail_gemm::round_up<Arch>(std::min(n, Blocking::nc), N);
     for (std::ptrdiff_t jc = 0; jc < n; jc += Blocking::nc) {
       const std::ptrdiff_t nc = std::min(Blocking::nc, n - jc);
       for (std::ptrdiff_t pc = 0; pc < k; pc += Blocking::kc) {

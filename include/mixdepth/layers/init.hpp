@@ -1,7 +1,8 @@
 #pragma once
 // Seeded weight initialisation for the reference layers' random() factories (tests, demos,
-// benchmarks). The numbers depend only on the seed, not on the standard library:
-// std::normal_distribution is not specified bit for bit, so it is not used here.
+// benchmarks). The numbers depend on the seed (NormalSource, random.hpp), not on the C++
+// standard library's distributions nor on the compiler's flags: each one is a single
+// rounding of a double.
 #include <cmath>
 #include <cstdint>
 
@@ -25,7 +26,9 @@ RowMatrix<T> random_projection(Index fan_in, Index fan_out, NormalSource& normal
 template <class T>
 Vector<T> random_norm_weight(Index dim, NormalSource& normal) {
   Vector<T> w(dim);
-  for (Index i = 0; i < dim; ++i) w[i] = static_cast<T>(1.0 + 0.1 * normal());
+  // One rounding (std::fma): `1.0 + 0.1 * x` would be fused into one instruction or not,
+  // depending on the target's FMA and the contraction flags, and differ in the last bit.
+  for (Index i = 0; i < dim; ++i) w[i] = static_cast<T>(std::fma(0.1, normal(), 1.0));
   return w;
 }
 

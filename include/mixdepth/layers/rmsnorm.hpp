@@ -20,8 +20,9 @@ class RMSNorm {
     if (!(eps_ > T(0))) detail::fail(where, "eps", "> 0", eps_);
   }
 
-  // Weight 1 + N(0, 0.1^2), from the seed alone.
+  // Weight 1 + N(0, 0.1^2), from the seed alone. Throws mixdepth::Error for dim < 1.
   static RMSNorm random(Index dim, std::uint64_t seed, T eps = T(1e-6)) {
+    if (dim < 1) detail::fail("RMSNorm::random", "dim", ">= 1", dim);
     NormalSource normal(seed);
     return RMSNorm(random_norm_weight<T>(dim, normal), eps);
   }
