@@ -29,12 +29,11 @@
 #
 # Rules:
 #   - Link one dispatch library per program: each defines the runtime:: functions.
-#   - Link it to every target that includes mixdepth. select_top_k, Block, Router::score
-#     and the rest keep their names under MIXDEPTH_RUNTIME_DISPATCH but call the kernels
-#     through active(); a program with units of both modes holds two definitions of each
-#     (an ODR violation: the linker keeps one, so some calls go the other mode's way: the
-#     speed and the CPU check differ, and Router::score's logits can differ in the last
-#     bits, since its sums follow the vector width; top-k, gather and scatter do not).
+#   - Link it to the targets that should dispatch at run time; others may use static
+#     dispatch in the same program. select_top_k, Block, Router::score and the rest call
+#     the kernels through active() under MIXDEPTH_RUNTIME_DISPATCH, and their default Arch
+#     (kernels::entry_arch) is then a tag of its own, so they do not share names, and so
+#     code, with the static-dispatch versions (until 2026-11-30 they did: an ODR violation).
 #   - Every kernel's name carries the instruction set it was compiled for (the plain-loop
 #     kernels' `scalar_arch` tag included), so units of different instruction sets never
 #     share a kernel. A static-dispatch unit of the same instruction set as one of these

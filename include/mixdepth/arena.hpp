@@ -35,7 +35,8 @@ class Arena {
   Arena(Arena&& other) noexcept
       : chunks_(std::move(other.chunks_)),
         current_(std::exchange(other.current_, std::size_t{0})),
-        used_(std::exchange(other.used_, Index{0})) {
+        used_(std::exchange(other.used_, Index{0})),
+        capacity_(std::exchange(other.capacity_, Index{0})) {
     other.chunks_.clear();
   }
   Arena& operator=(Arena&& other) noexcept {
@@ -43,6 +44,7 @@ class Arena {
       chunks_ = std::move(other.chunks_);
       current_ = std::exchange(other.current_, std::size_t{0});
       used_ = std::exchange(other.used_, Index{0});
+      capacity_ = std::exchange(other.capacity_, Index{0});
       other.chunks_.clear();
     }
     return *this;
@@ -60,6 +62,7 @@ class Arena {
     if (current_ == chunks_.size()) {
       const Index last = chunks_.empty() ? Index{0} : chunks_.back().size;
       chunks_.push_back(Chunk::make(std::max(padded, 2 * last)));
+      capacity_ += chunks_.back().size;
       used_ = 0;
     }
     T* start = chunks_[current_].data + used_;
@@ -82,21 +85,16 @@ class Arena {
   // chunk as large as all of them: from then on the same cycle allocates nothing.
   void reset() {
     if (chunks_.size() > 1) {
-      Index total = 0;
-      for (const auto& c : chunks_) total += c.size;
+      Chunk whole = Chunk::make(capacity_);  // before the old ones go: a throw keeps them
       chunks_.clear();
-      chunks_.push_back(Chunk::make(total));
+      chunks_.push_back(std::move(whole));
     }
     current_ = 0;
     used_ = 0;
   }
 
   // Elements held (what a cycle may take without allocating).
-  Index capacity() const {
-    Index total = 0;
-    for (const auto& c : chunks_) total += c.size;
-    return total;
-  }
+  Index capacity() const { return capacity_; }
 
  private:
   static Index round_up(Index n) {
@@ -121,6 +119,7 @@ class Arena {
   std::vector<Chunk> chunks_;
   std::size_t current_ = 0;
   Index used_ = 0;
+  Index capacity_ = 0;  // the sum of the chunks' sizes
 };
 
 namespace detail {

@@ -37,7 +37,12 @@ inline void check_starts(std::string_view where, Shape shape, std::span<const In
 }
 
 // The forward pass shared by every Block entry point. Every check has run before it starts;
-// nothing is written to y before the block function has returned.
+// nothing is written to y before the block function has returned. Arch (the unit's own
+// kernels) is in every name here: these functions are not templates over the block function,
+// so units compiled with different -m flags that instantiate blocks of different functions
+// would otherwise share one copy, whose kernel calls (and, inlined, whose kernels) are one
+// unit's instruction set (tests/package/odr/check_shared_code.sh).
+template <class Arch>
 struct BlockForward {
   template <class T>
   static void score(const Router<T>& router, MatrixCRef<T> x, Shape shape, Workspace<T>& ws,
@@ -51,7 +56,7 @@ struct BlockForward {
     // Per sequence (rows are independent: the same logits at any thread count).
     for_each_sequence(ws, shape.batch, [&](Index b, int) {
       Eigen::Map<Vector<T>> logits(ws.logits_.data() + b * shape.seq_len, shape.seq_len);
-      router.score(x.middleRows(b * shape.seq_len, shape.seq_len), logits);
+      router.template score<Arch>(x.middleRows(b * shape.seq_len, shape.seq_len), logits);
     });
   }
 
@@ -76,7 +81,7 @@ struct BlockForward {
     if (k > 0)  // k <= seq_len here (capacity tokens never exceed it)
       for_each_sequence(ws, shape.batch, [&](Index b, int thread) {
         const Index valid = lengths.empty() ? shape.seq_len : lengths[b];
-        top_k_unchecked(ws.logits_.data() + b * shape.seq_len, shape.seq_len, valid, k, selected + b * k,
+        top_k_unchecked<T, Arch>(ws.logits_.data() + b * shape.seq_len, shape.seq_len, valid, k, selected + b * k,
                         ws.top_k_scratch_[std::size_t(thread)]);
       });
     Index n = 0;
@@ -156,7 +161,7 @@ struct BlockForward {
     if (padded && n > 0 && d > 0)
       for_each_sequence(ws, shape.batch, [&](Index b, int) {
         const Index first = ws.offsets_[std::size_t(b)], count = ws.offsets_[std::size_t(b + 1)] - first;
-        gather_rows_unchecked(x.data(), x.outerStride(), ws.routed_rows_.data() + first, count, d,
+        gather_rows_unchecked<T, Arch>(x.data(), x.outerStride(), ws.routed_rows_.data() + first, count, d,
                               ws.routed_x_.data() + first * d, d);
       });
     const MatrixCRef<T> routed_x =
@@ -181,7 +186,7 @@ struct BlockForward {
     if (n > 0 && d > 0)
       for_each_sequence(ws, batch, [&](Index b, int) {
         const Index first = ws.offsets_[std::size_t(b)], count = ws.offsets_[std::size_t(b + 1)] - first;
-        gather_rows_unchecked(x.data(), x.outerStride(), ws.routed_rows_.data() + first, count, d,
+        gather_rows_unchecked<T, Arch>(x.data(), x.outerStride(), ws.routed_rows_.data() + first, count, d,
                               ws.routed_x_.data() + first * d, d);
       });
     ws.arena_.reset();
@@ -211,7 +216,7 @@ struct BlockForward {
           std::memcpy(y_data + r * y_stride, x.data() + r * x.outerStride(), sizeof(T) * std::size_t(d));
       const Index first = ws.offsets_[std::size_t(b)], count = ws.offsets_[std::size_t(b + 1)] - first;
       if (count > 0)
-        scatter_gated_unchecked(x.data(), x.outerStride(), y_data, y_stride, ws.routed_rows_.data() + first,
+        scatter_gated_unchecked<T, Arch>(x.data(), x.outerStride(), y_data, y_stride, ws.routed_rows_.data() + first,
                                 count, d, ws.update_.data() + first * d, d, ws.gates_.data() + first);
     });
   }
@@ -230,7 +235,12 @@ struct BlockForward {
 // each sequence then routes its own number of tokens. Its start_positions give each
 // sequence's position of its first row (a decode step passes the tokens already seen), so
 // that f still sees original positions.
-template <class T, BlockFunction<T> F>
+//
+// Arch: the kernels' instruction set, this unit's by default; leave it so. It puts the unit's
+// instruction set into the type, so that units compiled with different -m flags each keep
+// their own Block<T, F> code (the same block type across such units would be one inline
+// definition for the linker, with one unit's kernels in it).
+template <class T, BlockFunction<T> F, class Arch = kernels::entry_arch>
 class Block {
   static constexpr bool const_callable = std::invocable<const F&, const Routed<T>&, MatrixRef<T>>;
 
@@ -287,6 +297,8 @@ class Block {
   const F& function() const { return f_; }
 
  private:
+  using Forward = detail::BlockForward<Arch>;
+
   void check_input(std::string_view where, MatrixCRef<T> x, Shape shape,
                    std::span<const Index> lengths) const {
     const Index rows = detail::checked_rows(where, shape);
@@ -321,9 +333,9 @@ class Block {
   template <class G>
   void run_top_k(G& f, MatrixCRef<T> x, Shape shape, T* y_data, Index y_stride, Workspace<T>& ws,
                  std::span<const Index> lengths) const {
-    detail::BlockForward::score(router_, x, shape, ws, capacity_(shape.seq_len));
-    detail::BlockForward::select_top_k_rows(ws, lengths, {}, gate_);
-    detail::BlockForward::apply(f, x, y_data, y_stride, ws);
+    Forward::score(router_, x, shape, ws, capacity_(shape.seq_len));
+    Forward::select_top_k_rows(ws, lengths, {}, gate_);
+    Forward::apply(f, x, y_data, y_stride, ws);
   }
 
   template <class G, class Rule>
@@ -334,9 +346,9 @@ class Block {
     check_input(where, x, shape, lengths);
     check_output(where, x, y);
     detail::check_starts(where, shape, starts);
-    detail::BlockForward::score(router_, x, shape, ws, shape.seq_len);
-    detail::BlockForward::select_causal_rows(ws, x, rule, lengths, starts, gate_);
-    detail::BlockForward::apply(f, x, y.data(), y.outerStride(), ws);
+    Forward::score(router_, x, shape, ws, shape.seq_len);
+    Forward::select_causal_rows(ws, x, rule, lengths, starts, gate_);
+    Forward::apply(f, x, y.data(), y.outerStride(), ws);
   }
 
   Router<T> router_;
@@ -351,7 +363,7 @@ class Block {
 // y may be x itself (in place) but must not partially overlap it.
 // start_positions (empty, or one per sequence) offset the positions f sees, as in
 // Block::forward_causal: a decode step passes the tokens each sequence has seen.
-template <class T, BlockFunction<T> F>
+template <class T, BlockFunction<T> F, class Arch = kernels::entry_arch>
 void forward_dense(F& f, MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Workspace<T>& ws,
                    std::span<const Index> lengths = {}, std::span<const Index> start_positions = {}) {
   constexpr std::string_view where = "forward_dense";
@@ -365,7 +377,7 @@ void forward_dense(F& f, MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Workspace
     detail::fail(where, "y.outerStride()", x.outerStride(), y.outerStride());
   detail::check_lengths(where, shape, lengths);
   detail::check_starts(where, shape, start_positions);
-  detail::BlockForward::dense(f, x, shape, y.data(), y.outerStride(), ws, lengths, start_positions);
+  detail::BlockForward<Arch>::dense(f, x, shape, y.data(), y.outerStride(), ws, lengths, start_positions);
 }
 
 }  // namespace mixdepth

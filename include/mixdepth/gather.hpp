@@ -17,13 +17,13 @@ namespace detail {
 // The unchecked entry points Block calls once its own checks have passed; the kernel choice
 // lives in kernels::dispatched. The defaulted Arch keeps units compiled with different -m
 // flags apart (see kernels/dispatch.hpp).
-template <class T, class Arch = kernels::static_arch>
+template <class T, class Arch = kernels::entry_arch>
 void gather_rows_unchecked(const T* src, Index src_stride, const Position* rows, Index n, Index d,
                            T* dst, Index dst_stride) {
   kernels::dispatched::gather_rows<T, Arch>(src, src_stride, rows, n, d, dst, dst_stride);
 }
 
-template <class T, class Arch = kernels::static_arch>
+template <class T, class Arch = kernels::entry_arch>
 void scatter_gated_unchecked(const T* x, Index x_stride, T* y, Index y_stride, const Position* rows,
                              Index n, Index d, const T* update, Index update_stride,
                              const T* gates) {
@@ -31,8 +31,10 @@ void scatter_gated_unchecked(const T* x, Index x_stride, T* y, Index y_stride, c
                                               update_stride, gates);
 }
 
-// Throws unless every index in rows is distinct, naming the first repeated one.
-inline void require_distinct_rows(std::string_view where, std::span<const Position> rows) {
+// Throws unless every index in rows is distinct, naming the first repeated one. (Arch: the
+// caller's, so that units compiled with different -m flags keep their own copies.)
+template <class Arch>
+void require_distinct_rows(std::string_view where, std::span<const Position> rows) {
   std::vector<std::pair<Position, std::size_t>> sorted(rows.size());
   for (std::size_t j = 0; j < rows.size(); ++j) sorted[j] = {rows[j], j};
   std::sort(sorted.begin(), sorted.end());
@@ -52,7 +54,7 @@ inline void require_distinct_rows(std::string_view where, std::span<const Positi
 
 // out.row(j) = x.row(rows[j]). Throws mixdepth::Error unless out is [rows.size(), x.cols()],
 // shares no memory with x, and every row index is in [0, x.rows()).
-template <class T, class Arch = kernels::static_arch>
+template <class T, class Arch = kernels::entry_arch>
 void gather_rows(MatrixCRef<T> x, std::span<const Position> rows, MatrixRef<T> out) {
   constexpr std::string_view where = "gather_rows";
   detail::require_equal(where, "out.rows()", static_cast<Index>(rows.size()), out.rows());
@@ -73,7 +75,7 @@ void gather_rows(MatrixCRef<T> x, std::span<const Position> rows, MatrixRef<T> o
 // mixdepth::Error on mismatched sizes, row indices outside [0, x.rows()) or a row index
 // given twice (in place the two updates would add up, out of place the last would win).
 // Ascending rows, as every MoD selection is, are checked without allocating.
-template <class T, class Arch = kernels::static_arch>
+template <class T, class Arch = kernels::entry_arch>
 void scatter_gated(MatrixCRef<T> x, std::span<const Position> rows, MatrixCRef<T> update,
                    std::span<const T> gates, MatrixRef<T> y) {
   constexpr std::string_view where = "scatter_gated";
@@ -92,7 +94,7 @@ void scatter_gated(MatrixCRef<T> x, std::span<const Position> rows, MatrixCRef<T
                    "in [0, " + std::to_string(x.rows()) + ")", rows[j]);
     ascending = ascending && (j == 0 || rows[j - 1] < rows[j]);
   }
-  if (!ascending) detail::require_distinct_rows(where, rows);
+  if (!ascending) detail::require_distinct_rows<Arch>(where, rows);
   if (x.cols() == 0) return;
   if (x.data() == y.data() && x.outerStride() != y.outerStride())
     detail::fail(where, "y.outerStride()", x.outerStride(), y.outerStride());

@@ -21,7 +21,7 @@ class Router {
 
   // logits[i] = x.row(i) . weight + bias. Throws mixdepth::Error when x.cols() != dim() or
   // logits.size() != x.rows(). (Arch: see kernels/dispatch.hpp; leave it defaulted.)
-  template <class Arch = kernels::static_arch>
+  template <class Arch = kernels::entry_arch>
   void score(MatrixCRef<T> x, Eigen::Ref<Vector<T>> logits) const {
     constexpr std::string_view where = "Router::score";
     detail::require_equal(where, "x.cols()", dim(), x.cols());

@@ -61,7 +61,7 @@ namespace detail {
 
 // One sequence, arguments already checked: the kernel choice lives in kernels::dispatched.
 // The defaulted Arch keeps units compiled with different -m flags apart (see dispatch.hpp).
-template <class T, class Arch = kernels::static_arch>
+template <class T, class Arch = kernels::entry_arch>
 void top_k_unchecked(const T* scores, Index n, Index valid, Index k, Position* out,
                      TopKScratch<T>& scratch) {
   kernels::dispatched::top_k<T, Arch>(scores, n, valid, k, out, scratch.keys(n));
@@ -69,7 +69,7 @@ void top_k_unchecked(const T* scores, Index n, Index valid, Index k, Position* o
 
 }  // namespace detail
 
-template <class T, class Arch = kernels::static_arch>
+template <class T, class Arch = kernels::entry_arch>
 void select_top_k(std::span<const T> scores, Shape shape, Index k, std::span<Position> out,
                   std::span<const Index> lengths, TopKScratch<T>& scratch) {
   constexpr std::string_view where = "select_top_k";
@@ -85,7 +85,7 @@ void select_top_k(std::span<const T> scores, Shape shape, Index k, std::span<Pos
   }
 }
 
-template <class T, class Arch = kernels::static_arch>
+template <class T, class Arch = kernels::entry_arch>
 void select_top_k(std::span<const T> scores, Shape shape, Index k, std::span<Position> out,
                   std::span<const Index> lengths = {}) {
   TopKScratch<T> scratch;

@@ -16,6 +16,7 @@
 namespace mixdepth {
 
 namespace detail {
+template <class Arch>
 struct BlockForward;
 }
 
@@ -129,6 +130,7 @@ class Workspace {
   }
 
  private:
+  template <class Arch>
   friend struct detail::BlockForward;
 
   static std::size_t size(Index n) { return static_cast<std::size_t>(n); }

@@ -79,6 +79,21 @@ using static_arch = std::conditional_t<std::is_same_v<xsimd::default_arch, xsimd
                                        scalar_arch, xsimd::default_arch>;
 #endif
 
+// The Arch that mixdepth's functions calling kernels take by default (select_top_k,
+// gather_rows, scatter_gated, Router::score, Block, forward_dense). Static dispatch: this
+// unit's static_arch. Runtime dispatch (dispatch.hpp): a tag of its own around it, so that
+// those functions, which reach the kernels through the dispatch table there and directly
+// here, have different names in the two modes, and a program may mix units of both.
+template <class Isa>
+struct runtime_dispatch_arch {
+  static constexpr const char* name() noexcept { return "runtime dispatch"; }
+};
+#if defined(MIXDEPTH_RUNTIME_DISPATCH)
+using entry_arch = runtime_dispatch_arch<static_arch>;
+#else
+using entry_arch = static_arch;
+#endif
+
 namespace arch_traits {
 
 template <class Arch>

@@ -1,7 +1,7 @@
 #pragma once
 // Which compiled kernel a call runs.
 //
-// Static dispatch (the default): `dispatched::*<T, Arch = static_arch>` call the kernels
+// Static dispatch (the default): `dispatched::*<T, Arch = entry_arch>` call the kernels
 // compiled for this translation unit's -m flags (scalar loops without SIMD flags or with
 // MIXDEPTH_FORCE_SCALAR). The defaulted Arch parameter puts the architecture into every
 // mangled name, so units compiled with different flags keep apart copies.
@@ -10,9 +10,9 @@
 // of the best architecture the running CPU supports, among those a library built with
 // mixdepth_add_dispatch_library() (cmake/mixdepthDispatch.cmake) compiled, one translation
 // unit per architecture. Link that library; it defines MIXDEPTH_RUNTIME_DISPATCH for you.
-// Link it to every unit of the program that includes mixdepth: the functions that call
-// these entry points (select_top_k, Block, ...) have the same names in both modes, so a
-// program mixing the modes holds two definitions of each (cmake/mixdepthDispatch.cmake).
+// The functions that call these entry points (select_top_k, Block, Router::score, ...) take
+// entry_arch by default, which is a tag of its own in this mode (arch.hpp), so their names
+// differ from static dispatch's and a program may mix units of both modes.
 #include <cstddef>
 #include <cstdint>
 
@@ -88,25 +88,25 @@ namespace dispatched {
 #define MIXDEPTH_KERNEL_CALL(kernel, T, ...) kernels::kernel<Arch, T>(__VA_ARGS__)
 #endif
 
-template <class T, class Arch = static_arch>
+template <class T, class Arch = entry_arch>
 void top_k(const T* scores, std::ptrdiff_t n, std::ptrdiff_t valid, std::ptrdiff_t k, std::int32_t* out,
            rank_key_t<T>* scratch) {
   MIXDEPTH_KERNEL_CALL(top_k, T, scores, n, valid, k, out, scratch);
 }
 
-template <class T, class Arch = static_arch>
+template <class T, class Arch = entry_arch>
 void router_scores(const T* x, std::ptrdiff_t x_stride, std::ptrdiff_t rows, std::ptrdiff_t d,
                    const T* weight, T bias, T* logits) {
   MIXDEPTH_KERNEL_CALL(router_scores, T, x, x_stride, rows, d, weight, bias, logits);
 }
 
-template <class T, class Arch = static_arch>
+template <class T, class Arch = entry_arch>
 void gather_rows(const T* src, std::ptrdiff_t src_stride, const std::int32_t* rows, std::ptrdiff_t n,
                  std::ptrdiff_t d, T* dst, std::ptrdiff_t dst_stride) {
   MIXDEPTH_KERNEL_CALL(gather_rows, T, src, src_stride, rows, n, d, dst, dst_stride);
 }
 
-template <class T, class Arch = static_arch>
+template <class T, class Arch = entry_arch>
 void scatter_gated(const T* x, std::ptrdiff_t x_stride, T* y, std::ptrdiff_t y_stride,
                    const std::int32_t* rows, std::ptrdiff_t n, std::ptrdiff_t d, const T* update,
                    std::ptrdiff_t update_stride, const T* gates) {
