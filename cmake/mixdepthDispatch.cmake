@@ -34,6 +34,8 @@
 #     the kernels through active() under MIXDEPTH_RUNTIME_DISPATCH, and their default Arch
 #     (kernels::entry_arch) is then a tag of its own, so they do not share names, and so
 #     code, with the static-dispatch versions (until 2026-11-30 they did: an ODR violation).
+#     The reference layers (layers::*) and CausalPredictor do not carry it: units that
+#     instantiate the same one must use the same mode (and flags).
 #   - Every kernel's name carries the instruction set it was compiled for (the plain-loop
 #     kernels' `scalar_arch` tag included), so units of different instruction sets never
 #     share a kernel. A static-dispatch unit of the same instruction set as one of these

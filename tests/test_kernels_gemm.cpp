@@ -3,9 +3,10 @@
 // shapes across every tile, panel and block edge, transposed operands, alpha, accumulation,
 // an empty depth, a C of NaN that overwriting must ignore; plus the promise of
 // kernels/gemm.hpp that a coefficient does not depend on the other rows and columns of the
-// product, and that edge tiles write nothing outside C. This file is compiled with
-// -ffp-contract=fast (tests/CMakeLists.txt), as a user's code may be: the kernel's bits must
-// not depend on it (the reference's bound covers any contraction).
+// product, and that edge tiles write nothing outside C. This file is an executable of its
+// own compiled with -ffp-contract=fast (tests/CMakeLists.txt), as a user's code may be: the
+// kernel's bits must not depend on it (the reference's bound covers any contraction). CI's
+// 32-bit step compiles it with the other kernel tests, contraction off.
 #include "test_kernels_common.hpp"
 
 #include <mixdepth/kernels/gemm.hpp>

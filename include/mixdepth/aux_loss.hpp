@@ -109,8 +109,9 @@ T mean_binary_cross_entropy(const T* logits, const std::uint8_t* targets, Shape 
 // position, NaN last), 0 otherwise. Padding positions (p >= lengths[b]) are always 0, even
 // when k > L_b makes select_top_k take them. Throws mixdepth::Error, writing nothing, when
 // router_logits.size() or targets.size() != shape.rows(), k < 0, or lengths is neither empty
-// nor one length in [0, S] per sequence. `scratch` is reused across calls.
-template <class T>
+// nor one length in [0, S] per sequence. `scratch` is reused across calls. (Arch: the
+// unit's kernels, as select_top_k's; leave it defaulted.)
+template <class T, class Arch = kernels::entry_arch>
 void top_k_targets(std::span<const T> router_logits, Shape shape, Index k,
                    std::span<std::uint8_t> targets, std::span<const Index> lengths,
                    TopKScratch<T>& scratch) {
@@ -129,20 +130,20 @@ void top_k_targets(std::span<const T> router_logits, Shape shape, Index k,
     // One sequence at a time: a top-k over the flattened batch would let sequences compete.
     const Index first = b * shape.seq_len;
     const Index valid = lengths.empty() ? shape.seq_len : lengths[static_cast<std::size_t>(b)];
-    select_top_k<T>(router_logits.subspan(static_cast<std::size_t>(first),
-                                          static_cast<std::size_t>(shape.seq_len)),
-                    Shape{1, shape.seq_len}, kept, positions,
-                    std::span<const Index>(&valid, 1), scratch);
+    select_top_k<T, Arch>(router_logits.subspan(static_cast<std::size_t>(first),
+                                                static_cast<std::size_t>(shape.seq_len)),
+                          Shape{1, shape.seq_len}, kept, positions,
+                          std::span<const Index>(&valid, 1), scratch);
     for (Position p : positions)
       if (p < valid) targets[static_cast<std::size_t>(first + p)] = 1;
   }
 }
 
-template <class T>
+template <class T, class Arch = kernels::entry_arch>
 void top_k_targets(std::span<const T> router_logits, Shape shape, Index k,
                    std::span<std::uint8_t> targets, std::span<const Index> lengths = {}) {
   TopKScratch<T> scratch;
-  top_k_targets(router_logits, shape, k, targets, lengths, scratch);
+  top_k_targets<T, Arch>(router_logits, shape, k, targets, lengths, scratch);
 }
 
 // The router auxiliary loss: mean over the valid tokens of

@@ -12,7 +12,8 @@
 // unit per architecture. Link that library; it defines MIXDEPTH_RUNTIME_DISPATCH for you.
 // The functions that call these entry points (select_top_k, Block, Router::score, ...) take
 // entry_arch by default, which is a tag of its own in this mode (arch.hpp), so their names
-// differ from static dispatch's and a program may mix units of both modes.
+// differ from static dispatch's and a program may mix units of both modes, as long as no
+// reference layer or CausalPredictor type is instantiated in units of both (README).
 #include <cstddef>
 #include <cstdint>
 

@@ -11,7 +11,7 @@ mixed::Result mixed::run_runtime() { return run(mixdepth::kernels::runtime::acti
 
 int main() {
   const mixed::Result a = mixed::run_static(), b = mixed::run_runtime();
-  const bool same = a.top == b.top && a.block == b.block && a.dense == b.dense && a.gathered == b.gathered;
+  const bool same = a.top == b.top && a.targets == b.targets && a.block == b.block && a.dense == b.dense && a.gathered == b.gathered;
   std::printf("static unit and runtime-dispatch unit (%s): %s\n", b.kernels, same ? "same results" : "DIFFERENT results");
   return same ? 0 : 1;
 }

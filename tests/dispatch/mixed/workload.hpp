@@ -10,6 +10,7 @@ namespace mixed {
 
 struct Result {
   std::vector<mixdepth::Position> top;  // select_top_k of the router logits
+  std::vector<std::uint8_t> targets;    // top_k_targets of the same
   mixdepth::RowMatrix<float> block;     // Block::forward
   mixdepth::RowMatrix<float> dense;     // forward_dense
   mixdepth::RowMatrix<float> gathered;  // gather_rows then scatter_gated
@@ -43,6 +44,8 @@ Result run(const char* kernels) {
   router.score(x, logits);
   r.top.resize(std::size_t(shape.batch * 10));
   select_top_k<float>(std::span<const float>(logits.data(), std::size_t(logits.size())), shape, 10, r.top);
+  r.targets.resize(std::size_t(shape.rows()));
+  top_k_targets<float>(std::span<const float>(logits.data(), std::size_t(logits.size())), shape, 10, r.targets);
   Block<float, void (*)(const Routed<float>&, MatrixRef<float>)> block(router, Capacity::tokens(10), &twice);
   Workspace<float> ws;
   r.block.resize(shape.rows(), d);

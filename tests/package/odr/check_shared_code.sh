@@ -13,7 +13,8 @@
 #
 # With MIXDEPTH_ODR_CALLS_ONLY=1 only the calls are checked: for two units of the same
 # instruction set that differ otherwise (static and runtime dispatch, tests/dispatch), where
-# WIDE is the unit that compiles kernels itself.
+# WIDE is the unit that compiles kernels itself and NARROW the one that calls them through
+# the runtime dispatch table; then no shared function's NARROW copy may call the table.
 #
 # usage: check_shared_code.sh WIDE.o NARROW.o ALLOWLIST [SCOPE]   (needs binutils)
 set -euo pipefail
@@ -22,8 +23,15 @@ for tool in nm objdump c++filt; do
   command -v "$tool" >/dev/null || { echo "SKIP: $tool not found"; exit 77; }
 done
 
+for object in "$wide" "$narrow"; do
+  [[ -r $object ]] || { echo "FAIL: cannot read $object"; exit 1; }
+done
+# Symbol lists are read into variables first, so that a failing nm stops the script.
 weak() { nm --defined-only "$1" | awk '$2 == "W" { print $3 }' | sort -u; }
-shared=$(comm -12 <(weak "$wide") <(weak "$narrow"))
+wide_weak=$(weak "$wide")
+narrow_weak=$(weak "$narrow")
+shared=$(comm -12 <(printf '%s\n' "$wide_weak") <(printf '%s\n' "$narrow_weak"))
+[[ -n $shared ]] || { echo "FAIL: $wide and $narrow share no inline function: not units of one program?"; exit 1; }
 
 # Per shared function of the wide object: how many instructions need AVX-512 (zmm or
 # xmm/ymm16-31 registers, mask registers, or an EVEX-only mnemonic).
@@ -39,24 +47,40 @@ counts=
 # instruction set (a kernel architecture among their template arguments; a plain inline
 # function that one unit inlined and the other did not is no hazard).
 text() { nm --defined-only "$1" | awk '$2 == "W" || $2 == "T" { print $3 }' | sort -u; }
-wide_only=$(comm -23 <(text "$wide") <(text "$narrow") |
-  paste -d ' ' - <(comm -23 <(text "$wide") <(text "$narrow") | c++filt) |
+wide_text=$(text "$wide")
+narrow_text=$(text "$narrow")
+only_wide=$(comm -23 <(printf '%s\n' "$wide_text") <(printf '%s\n' "$narrow_text"))
+wide_only=$(paste -d ' ' <(printf '%s\n' "$only_wide") <(printf '%s\n' "$only_wide" | c++filt) |
   grep -E 'xsimd::|mixdepth::kernels::(avx512vbmi2|basic_scalar_arch|runtime_dispatch_arch)' |
   cut -d ' ' -f 1 || true)
-calls=$(objdump -d -r --no-show-raw-insn "$wide" | awk -v shared="$shared" -v wide_only="$wide_only" '
-  BEGIN { n = split(shared, list, "\n"); for (i = 1; i <= n; ++i) in_shared[list[i]] = 1
-          n = split(wide_only, list, "\n"); for (i = 1; i <= n; ++i) in_wide_only[list[i]] = 1 }
-  /^[0-9a-f]+ <.*>:$/ { name = substr($2, 2, length($2) - 3); current = (name in in_shared) ? name : ""; next }
-  current != "" && /R_X86_64_(PLT32|PC32)/ {
-    target = $NF; sub(/[-+]0x[0-9a-f]+$/, "", target)
-    if (target in in_wide_only && !((current, target) in seen)) { seen[current, target] = 1; print current, target }
-  }')
+# calls_from OBJECT TARGETS: "function target" for every shared function of OBJECT whose code
+# refers (call, jump or address, also through the GOT) to one of TARGETS.
+calls_from() {
+  objdump -d -r --no-show-raw-insn "$1" | awk -v shared="$shared" -v targets="$2" '
+    BEGIN { n = split(shared, list, "\n"); for (i = 1; i <= n; ++i) in_shared[list[i]] = 1
+            n = split(targets, list, "\n"); for (i = 1; i <= n; ++i) in_targets[list[i]] = 1 }
+    /^[0-9a-f]+ <.*>:$/ { name = substr($2, 2, length($2) - 3); current = (name in in_shared) ? name : ""; next }
+    current != "" && /R_X86_64_(PLT32|PC32|GOTPCREL|GOTPCRELX|REX_GOTPCRELX)[[:space:]]/ {
+      target = $NF; sub(/[-+]0x[0-9a-f]+$/, "", target)
+      if (target in in_targets && !((current, target) in seen)) { seen[current, target] = 1; print current, target }
+    }'
+}
+calls=$(calls_from "$wide" "$wide_only")
 status=0 checked=0 outside=0
 while read -r mangled target; do
   [[ -n ${mangled:-} ]] || continue
   echo "HAZARD   $(c++filt "$mangled") calls $(c++filt "$target"), which only the wide unit defines"
   status=1
 done <<<"$calls"
+if [[ ${MIXDEPTH_ODR_CALLS_ONLY:-0} == 1 ]]; then
+  # The same function through the table in the narrow unit: the two copies differ.
+  table=$(nm --undefined-only "$narrow" | awk '{ print $NF }' | { grep -E '^_ZN8mixdepth7kernels7runtime' || true; })
+  while read -r mangled target; do
+    [[ -n ${mangled:-} ]] || continue
+    echo "HAZARD   $(c++filt "$mangled") calls $(c++filt "$target") in the narrow unit only"
+    status=1
+  done <<<"$(calls_from "$narrow" "$table")"
+fi
 declare -A pattern_used=()
 while read -r count mangled; do
   [[ -n ${mangled:-} ]] || continue

@@ -103,6 +103,9 @@ class Run {
     mixdepth::TopKScratch<T> scratch;
     mixdepth::select_top_k<T>(scores, shape, input_.k, top, lengths, scratch);
     add("select_top_k<" + t + ">(lengths)", to_values(top.data(), Index(top.size())));
+    std::vector<std::uint8_t> targets(std::size_t(shape.rows()));
+    mixdepth::top_k_targets<T>(scores, shape, input_.k, targets, lengths);
+    add("top_k_targets<" + t + ">", to_values(targets.data(), Index(targets.size())));
 
     // Top-k of the router logits, then gather and the gated scatter by hand.
     std::vector<Position> selected(std::size_t(shape.batch * std::min(k, shape.seq_len)));
