@@ -6,10 +6,10 @@
 # AVX2-only CPU, but runs fine on the AVX-512 machine that built it. So look at the code:
 # every weak function defined in both objects whose name mentions SCOPE (by default
 # mixdepth::kernels::, the kernels and their helpers) must be free of AVX-512 instructions in
-# the wide object, unless a glob pattern in ALLOWLIST matches its
-# demangled name (a known hazard). And whatever its name, no shared function may call a
-# function that only the wide object defines (a kernel or helper named after the wide unit's
-# instruction set): the narrow unit's callers would reach it through the wide copy.
+# the wide object, unless a glob pattern in ALLOWLIST matches its demangled name (a known
+# hazard). And whatever its name, no shared function may call a function that only the wide
+# object defines (a kernel or helper named after the wide unit's instruction set): the
+# narrow unit's callers would reach it through the wide copy.
 #
 # With MIXDEPTH_ODR_CALLS_ONLY=1 only the calls are checked: for two units of the same
 # instruction set that differ otherwise (static and runtime dispatch, tests/dispatch), where
