@@ -1,7 +1,8 @@
 // detail::product / add_product, the reference layers' matrix products: the GEMM kernel behind
 // Eigen-typed operands (transposes, blocks, scalar factors, a column-major result) against a
 // double-precision product, within the rounding bound of a k-term dot product; the same bits
-// with and without an arena; Eigen's own code, bit for bit, for tiny and vector-shaped products.
+// with and without an arena; one row, one column or a tiny block alone has the bits it has in
+// a larger product; Eigen's own code, bit for bit, for vector types.
 #include "test_helpers.hpp"
 
 #include <mixdepth/product.hpp>
@@ -115,20 +116,38 @@ TEST_CASE("product() gives the same bits with the caller's arena and without one
   CHECK(bit_equal(with, without));
 }
 
-TEST_CASE("product() leaves tiny and vector-shaped products to Eigen's own code, bit for bit") {
+TEST_CASE("product(): a row, a column or a tiny block computed alone has the bits it has in a larger "
+          "product; vector types stay Eigen's, bit for bit") {
   Arena<float> arena;
   const RowMatrix<float> a = random_matrix<float>(30, 20, 12), b = random_matrix<float>(20, 26, 13);
-  RowMatrix<float> small_want(3, 4), small_got(3, 4), row_want(1, 26), row_got(1, 26), col_want(30, 1),
-      col_got(30, 1);
-  small_want.noalias() = a.topLeftCorner(3, 5) * b.topLeftCorner(5, 4);
-  detail::product(small_got, a.topLeftCorner(3, 5), b.topLeftCorner(5, 4), &arena);
-  CHECK(bit_equal(small_want, small_got));
-  row_want.noalias() = a.topRows(1) * b;
-  detail::product(row_got, a.topRows(1), b, &arena);
-  CHECK(bit_equal(row_want, row_got));
-  col_want.noalias() = a * b.leftCols(1);
-  detail::product(col_got, a, b.leftCols(1), &arena);
-  CHECK(bit_equal(col_want, col_got));
+  for (const Index depth : {Index(1), Index(5), Index(20)}) {
+    INFO("depth ", depth);
+    const auto a_k = a.leftCols(depth);
+    const auto b_k = b.topRows(depth);
+    RowMatrix<float> whole(30, 26);
+    detail::product(whole, a_k, b_k, &arena, 0.75f);
+    const Wide magnitude = widen(RowMatrix<float>(a_k)).cwiseAbs() * widen(RowMatrix<float>(b_k)).cwiseAbs();
+    CHECK(within_rounding(whole, 0.75 * widen(RowMatrix<float>(a_k)) * widen(RowMatrix<float>(b_k)), magnitude,
+                          Wide::Zero(30, 26), 0.75, depth));
+    RowMatrix<float> row(1, 26), column(30, 1), tiny(3, 4);
+    for (Index r = 0; r < 30; ++r) {  // one row: Eigen would run its GEMV here
+      detail::product(row, a_k.middleRows(r, 1), b_k, &arena, 0.75f);
+      CHECK(rows_bit_equal(row, 0, whole, r));
+    }
+    for (Index j = 0; j < 26; ++j) {
+      detail::product(column, a_k, b_k.middleCols(j, 1), &arena, 0.75f);
+      CHECK(bit_equal(column, whole.col(j)));
+    }
+    // rows + cols + depth < 20: Eigen would multiply coefficient by coefficient
+    detail::product(tiny, a_k.middleRows(2, 3), b_k.middleCols(6, 4), &arena, 0.75f);
+    CHECK(bit_equal(tiny, whole.block(2, 6, 3, 4)));
+  }
+  // Operands that are vectors at compile time are Eigen's GEMV.
+  const Eigen::VectorXf v = random_matrix<float>(20, 1, 14);
+  Eigen::VectorXf want(30), got(30);
+  want.noalias() = a * v;
+  detail::product(got, a, v, &arena);
+  CHECK(bit_equal(want, got));
 }
 
 TEST_CASE("product() rejects mismatched shapes and a result over an operand, writing nothing") {

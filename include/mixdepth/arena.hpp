@@ -75,6 +75,20 @@ class Arena {
     return RowMatrixMap<T>(take(rows * cols).data(), rows, cols);
   }
 
+  // A rows x cols row-major matrix whose rows each start on a cache line, aligned_stride(cols)
+  // elements apart. Eigen's vectorised element-wise loops peel a row's first elements until
+  // it reaches an aligned address, so over rows that all start aligned they split every row
+  // alike: an element's result (exp's, whose vector and scalar forms round differently)
+  // then depends on its column, never on which row or which matrix it is in.
+  StridedRowMatrixMap<T> aligned_rows(Index rows, Index cols) {
+    if (rows < 0) detail::fail("Arena::aligned_rows", "rows", ">= 0", rows);
+    if (cols < 0) detail::fail("Arena::aligned_rows", "cols", ">= 0", cols);
+    const Index stride = aligned_stride(cols);
+    return StridedRowMatrixMap<T>(take(rows * stride).data(), rows, cols, Eigen::OuterStride<>(stride));
+  }
+  // cols rounded up to whole cache lines.
+  static Index aligned_stride(Index cols) { return round_up(cols); }
+
   Mark mark() const { return {current_, used_}; }
   void rewind(Mark m) {
     current_ = m.chunk;

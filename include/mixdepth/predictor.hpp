@@ -236,7 +236,7 @@ class CausalPredictor {
     detail::require_equal(where, "x.cols()", dim(), x.cols());
     detail::require_equal(where, "out.size()", x.rows(), out.size());
     detail::ScratchScope<T> scope(&scratch);
-    auto hidden = scratch.matrix(x.rows(), this->hidden());
+    auto hidden = scratch.aligned_rows(x.rows(), this->hidden());
     forward_rows(x, hidden, out, scratch);
   }
 
@@ -255,7 +255,7 @@ class CausalPredictor {
     detail::require_equal(where, "x.cols()", dim(), x.cols());
     detail::require_equal(where, "routed.size()", x.rows(), static_cast<Index>(routed.size()));
     detail::ScratchScope<T> scope(&scratch);
-    auto hidden = scratch.matrix(x.rows(), this->hidden());
+    auto hidden = scratch.aligned_rows(x.rows(), this->hidden());
     Eigen::Map<Vector<T>> z(scratch.take(x.rows()).data(), x.rows());
     forward_rows(x, hidden, z, scratch);
     for (Index i = 0; i < x.rows(); ++i) routed[static_cast<std::size_t>(i)] = z[i] > threshold_;
@@ -408,9 +408,10 @@ class CausalPredictor {
       out.array() = pre.array().max(T(0));
   }
 
-  // logits for all rows; `hidden` is [rows, h] scratch.
+  // logits for all rows; `hidden` is [rows, h] scratch whose rows start on cache lines, so
+  // that a row's logit does not depend on the rows beside it (Arena::aligned_rows).
   template <class Out>
-  void forward_rows(MatrixCRef<T> x, RowMatrixMap<T>& hidden, Out& out, Arena<T>& scratch) const {
+  void forward_rows(MatrixCRef<T> x, StridedRowMatrixMap<T>& hidden, Out& out, Arena<T>& scratch) const {
     detail::product(hidden, x, parameters_.hidden_weight, &scratch);
     hidden.rowwise() += parameters_.hidden_bias.transpose();
     activate(hidden, hidden);

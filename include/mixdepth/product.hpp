@@ -15,18 +15,16 @@
 // written. The arena is rewound before returning; with a null arena the packing buffers come
 // from a local one (which allocates).
 //
-// The kernel runs wherever Eigen 3.4 would run its own GEMM kernel, and is faster than it
-// (bench/README.md: BM_Product beside BM_EigenProduct). Products Eigen evaluates otherwise
-// (tiny ones, rows + cols + depth < 20, coefficient by coefficient; one row or one column
-// through GEMV; an empty inner dimension), and a dst with non-unit inner stride, stay
-// Eigen's. Those take no heap memory in the layers' uses (Eigen's GEMV copies an operand to
-// the heap only when it is strided and over 128 KB).
+// The kernel runs every product of two operands that are matrices at compile time, whatever
+// their run-time sizes (one row, one column and tiny products included), and is faster
+// than Eigen's GEMM (bench/README.md: BM_Product beside BM_EigenProduct). A product with a
+// vector type as an operand (Eigen's GEMV or inner product), an empty product, and a dst
+// with non-unit inner stride stay Eigen's.
 //
 // Rounding is not Eigen's: the kernel accumulates with fused multiply-adds in its own order.
-// Among the products the kernel runs, each coefficient depends only on its row of lhs, its
-// column of rhs and the inner dimension, never on which other rows or columns are in the
-// product (kernels/gemm.hpp). A row computed alone (one row: Eigen's GEMV, as in a decoding
-// step) can differ from the same row inside a larger product in its last bits.
+// Each coefficient depends only on its row of lhs, its column of rhs and the inner
+// dimension, never on which other rows or columns are in the product (kernels/gemm.hpp): a
+// row projected alone, as in a decoding step, has the bits it has inside a larger product.
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -47,7 +45,7 @@ static_assert(EIGEN_WORLD_VERSION == 3 && EIGEN_MAJOR_VERSION == 4,
 
 namespace mixdepth::detail {
 
-// Eigen's own product, for the cases it does not send to a GEMM kernel.
+// Eigen's own product, for the cases the kernel does not run.
 template <bool accumulate, class Dst, class Lhs, class Rhs>
 void eigen_product(Dst& dst, const Lhs& lhs, const Rhs& rhs, typename Dst::Scalar alpha) {
   using T = typename Dst::Scalar;
@@ -117,16 +115,15 @@ template <class Lhs, class Rhs>
 inline constexpr bool gemm_product_type =
     int(Eigen::internal::product_type<Lhs, Rhs>::value) == int(Eigen::GemmProduct);
 
-// Whether Eigen 3.4 would evaluate this product with its GEMM kernel (see
-// generic_product_impl<..., GemmProduct>::evalTo/addTo and scaleAndAddTo).
+// Whether the kernel runs this product: one Eigen evaluates as a matrix product (GEMM or,
+// with one row or column at run time, GEMV; a lazy coefficient-wise product when tiny), not
+// empty.
 template <class Lhs, class Rhs>
-bool eigen_uses_gemm(Index rows, Index cols, Index depth) {
-  if constexpr (!gemm_product_type<Lhs, Rhs>) {
+bool kernel_runs(Index rows, Index cols, Index depth) {
+  if constexpr (!gemm_product_type<Lhs, Rhs>)
     return false;
-  } else {
-    if (depth + rows + cols < EIGEN_GEMM_TO_COEFFBASED_THRESHOLD && depth > 0) return false;
-    return rows > 1 && cols > 1 && depth > 0;  // 1 row or column: GEMV; empty: nothing to do
-  }
+  else
+    return rows > 0 && cols > 0 && depth > 0;
 }
 
 // Throws unless dst = lhs * rhs has matching shapes and dst's memory is apart from the
@@ -158,7 +155,7 @@ void product_impl(Dst& dst, const Lhs& lhs, const Rhs& rhs, Arena<typename Dst::
   static_assert(std::is_same_v<T, typename Lhs::Scalar> && std::is_same_v<T, typename Rhs::Scalar>,
                 "product(): one scalar type");
   check_product(accumulate ? "add_product" : "product", dst, lhs, rhs);
-  if (!eigen_uses_gemm<Lhs, Rhs>(dst.rows(), dst.cols(), lhs.cols()) || dst.innerStride() != 1) {
+  if (!kernel_runs<Lhs, Rhs>(dst.rows(), dst.cols(), lhs.cols()) || dst.innerStride() != 1) {
     eigen_product<accumulate>(dst, lhs, rhs, alpha);
     return;
   }

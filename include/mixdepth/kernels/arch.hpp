@@ -128,6 +128,25 @@ constexpr bool has_avx2() {
     return false;
 }
 
+namespace detail_traits {
+template <class Arch>
+inline constexpr bool is_fma3 = false;
+#if XSIMD_WITH_FMA3_SSE || XSIMD_WITH_FMA3_AVX || XSIMD_WITH_FMA3_AVX2
+template <class Base>
+inline constexpr bool is_fma3<xsimd::fma3<Base>> = true;
+#endif
+}  // namespace detail_traits
+
+// Whether the architecture has a fused multiply-add instruction that shim::fma uses (AVX-512,
+// and xsimd's fma3<...> tags); elsewhere shim::fma is a multiply and an add.
+template <class Arch>
+constexpr bool has_fused_fma() {
+  if constexpr (is_xsimd<Arch>())
+    return has_avx512<Arch>() || detail_traits::is_fma3<Arch>;
+  else
+    return false;
+}
+
 }  // namespace arch_traits
 
 // How the top-k kernel runs on `Arch`: compress and mask extraction exist for AVX-512 and

@@ -12,8 +12,10 @@
 // AVX2). Operands whose rows are contiguous (the layers' row-major activations and weights)
 // are read in place; a transposed operand is packed first, and so is the last partial panel
 // of B (zero-padded to a whole tile). The last strip of a block, when it has fewer rows than
-// a tile, runs a tile of its own height. Plain loops (scalar_arch) run i-p-j with one
-// multiply and one add per element (each rounded) and no blocking.
+// a tile, runs a tile of its own height. A product of one row with a B of contiguous rows
+// streams whole rows of B instead (row_times_b), with the same operations per coefficient.
+// Plain loops (scalar_arch) run i-p-j with one multiply and one add per element (each
+// rounded) and no blocking.
 //
 // The rows of a panel of B read in place lie a whole row of B apart (6 KiB in a 512 x 1536
 // weight), a stride the hardware prefetcher does not follow across pages, and weights are
@@ -73,8 +75,9 @@ void fill_zero(T* first, std::ptrdiff_t count) noexcept {
 
 }  // namespace detail_gemm
 
-// Elements of scratch gemm<Arch, T> needs for an m x n x k product: the packed panels, or
-// one row of n accumulators for plain loops; 0 for an empty product.
+// Elements of scratch gemm<Arch, T> needs for an m x n x k product: the packed panels (or,
+// for one row, a row of accumulators when that is more), or one row of n accumulators for
+// plain loops; 0 for an empty product.
 template <class Arch, class T>
 constexpr std::ptrdiff_t gemm_workspace(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k) {
   using B = gemm_blocking<Arch, T>;
@@ -85,7 +88,9 @@ constexpr std::ptrdiff_t gemm_workspace(std::ptrdiff_t m, std::ptrdiff_t n, std:
     const std::ptrdiff_t kc = std::min(k, B::kc);
     const std::ptrdiff_t packed_b = kc * detail_gemm::round_up<Arch>(std::min(n, B::nc), B::cols);
     const std::ptrdiff_t packed_a = detail_gemm::round_up<Arch>(std::min(m, B::mc), B::rows) * kc;
-    return packed_b + packed_a;
+    // one row: a row of accumulators (row_times_b), or the panels (a transposed B)
+    const std::ptrdiff_t row = m == 1 ? detail_gemm::round_up<Arch>(n, B::lanes) : 0;
+    return std::max(packed_b + packed_a, row);
   }
 }
 
@@ -256,6 +261,130 @@ void tile_of_height(std::index_sequence<H...>, std::ptrdiff_t height, std::ptrdi
          ...);
 }
 
+// row_times_b's depth loop for a row of B of W whole vectors (and one partial vector after
+// them when Partial): the accumulators stay in registers for the whole block of depth (a
+// narrow row is a short chain per step, and a sweep through memory would add a store and a
+// load to it), then go to `acc`.
+template <class Arch, class T, int W, bool Partial>
+void narrow_row_times_b(std::ptrdiff_t kc, std::ptrdiff_t n, const T* a, std::ptrdiff_t a_cs, const T* b,
+                        std::ptrdiff_t b_rs, T* acc) noexcept {
+  using batch = xsimd::batch<T, Arch>;
+  constexpr std::ptrdiff_t L = std::ptrdiff_t(batch::size);
+  batch sum[W + 1];
+#pragma GCC unroll 9
+  for (int v = 0; v <= W; ++v) sum[v] = batch(T(0));
+  alignas(64) T tail[L];
+  fill_zero<Arch>(tail, L);
+  for (std::ptrdiff_t p = 0; p < kc; ++p) {
+    const batch ap(a[p * a_cs]);
+    const T* row = b + p * b_rs;
+#pragma GCC unroll 8
+    for (int v = 0; v < W; ++v) sum[v] = shim::fma<Arch>(ap, batch::load_unaligned(row + v * L), sum[v]);
+    if constexpr (Partial) {
+      std::memcpy(tail, row + W * L, sizeof(T) * std::size_t(n - W * L));
+      sum[W] = shim::fma<Arch>(ap, batch::load_aligned(tail), sum[W]);
+    }
+  }
+#pragma GCC unroll 9
+  for (int v = 0; v < W + int(Partial); ++v) sum[v].store_aligned(acc + v * L);
+}
+
+// narrow_row_times_b for n's count of whole vectors (W) and whether a partial one follows.
+template <class Arch, class T, std::size_t... W>
+void narrow_row_of_width(std::index_sequence<W...>, std::ptrdiff_t kc, std::ptrdiff_t n, const T* a,
+                         std::ptrdiff_t a_cs, const T* b, std::ptrdiff_t b_rs, T* acc) noexcept {
+  constexpr std::ptrdiff_t L = gemm_blocking<Arch, T>::lanes;
+  const std::ptrdiff_t whole = n / L;
+  const bool partial = whole * L < n;
+  (void)((whole == std::ptrdiff_t(W) &&
+          (partial ? narrow_row_times_b<Arch, T, int(W), true>(kc, n, a, a_cs, b, b_rs, acc)
+                   : narrow_row_times_b<Arch, T, int(W), false>(kc, n, a, a_cs, b, b_rs, acc),
+           true)) ||
+         ...);
+}
+
+// row_times_b's depth loop for a wider row: sweeps over the accumulators in memory.
+template <class Arch, class T>
+void wide_row_times_b(std::ptrdiff_t kc, std::ptrdiff_t n, const T* a, std::ptrdiff_t a_cs, const T* b,
+                      std::ptrdiff_t b_rs, T* acc) noexcept {
+  using batch = xsimd::batch<T, Arch>;
+  constexpr std::ptrdiff_t L = std::ptrdiff_t(batch::size);
+  const std::ptrdiff_t whole = n / L * L, padded = round_up<Arch>(n, L);
+  fill_zero<Arch>(acc, padded);
+  // P rows of B per sweep over the accumulators: each one loaded and stored once for P
+  // fused multiply-adds (still in order of depth), and P streams of B read at once.
+  constexpr std::ptrdiff_t P = 8;
+  std::ptrdiff_t p = 0;
+  for (; p + P <= kc; p += P) {
+    batch ap[P];
+    const T* row[P];
+#pragma GCC unroll 8
+    for (std::ptrdiff_t q = 0; q < P; ++q) {
+      ap[q] = batch(a[(p + q) * a_cs]);
+      row[q] = b + (p + q) * b_rs;
+    }
+    for (std::ptrdiff_t j = 0; j < whole; j += L) {
+      batch sum = batch::load_aligned(acc + j);
+#pragma GCC unroll 8
+      for (std::ptrdiff_t q = 0; q < P; ++q) sum = shim::fma<Arch>(ap[q], batch::load_unaligned(row[q] + j), sum);
+      sum.store_aligned(acc + j);
+    }
+  }
+  for (; p < kc; ++p) {
+    const batch ap(a[p * a_cs]);
+    const T* row = b + p * b_rs;
+    for (std::ptrdiff_t j = 0; j < whole; j += L)
+      shim::fma<Arch>(ap, batch::load_unaligned(row + j), batch::load_aligned(acc + j)).store_aligned(acc + j);
+  }
+  if (whole < n) {  // the last partial vector of columns, zero-padded, in order of depth
+    batch sum = batch::load_aligned(acc + whole);
+    alignas(64) T tail[L];
+    fill_zero<Arch>(tail, L);
+    for (std::ptrdiff_t q = 0; q < kc; ++q) {
+      std::memcpy(tail, b + q * b_rs + whole, sizeof(T) * std::size_t(n - whole));
+      sum = shim::fma<Arch>(batch(a[q * a_cs]), batch::load_aligned(tail), sum);
+    }
+    sum.store_aligned(acc + whole);
+  }
+}
+
+// One row of A against a B with contiguous rows (m = 1: a decoding step's projections and
+// attention scores). Every coefficient gets the fused multiply-adds a tile gives it, in the
+// same order (over each kc block of depth from zero, then C = alpha acc, or C + alpha acc
+// after the first block; the last partial vector of columns zero-padded like a packed
+// panel), so the row has the bits it has inside a larger product. But it streams whole rows
+// of B, as a matrix-vector product does, with the accumulators (`acc`, n rounded up to
+// whole vectors) in L1: a register tile of one row would read B in panels, a row of B
+// apart at every step of depth, and wait on memory.
+template <class Arch, class T>
+void row_times_b(std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T* a, std::ptrdiff_t a_cs, const T* b,
+                 std::ptrdiff_t b_rs, bool accumulate, T* c, T* acc) noexcept {
+  using Blocking = gemm_blocking<Arch, T>;
+  using batch = xsimd::batch<T, Arch>;
+  constexpr std::ptrdiff_t L = Blocking::lanes;
+  const std::ptrdiff_t whole = n / L * L, padded = round_up<Arch>(n, L);
+  const batch scale(alpha);
+  for (std::ptrdiff_t pc = 0; pc < k; pc += Blocking::kc) {
+    const std::ptrdiff_t kc = std::min(Blocking::kc, k - pc);
+    constexpr std::ptrdiff_t narrow = 8;  // vectors of accumulators kept in registers
+    if (padded <= narrow * L) {
+      narrow_row_of_width<Arch>(std::make_index_sequence<std::size_t(narrow + 1)>{}, kc, n, a + pc * a_cs, a_cs,
+                                b + pc * b_rs, b_rs, acc);
+    } else {
+      wide_row_times_b<Arch>(kc, n, a + pc * a_cs, a_cs, b + pc * b_rs, b_rs, acc);
+    }
+    const bool add = accumulate || pc > 0;
+    for (std::ptrdiff_t j = 0; j < whole; j += L) {
+      const batch scaled = shim::rounded<Arch>(batch::load_aligned(acc + j) * scale);
+      (add ? batch::load_unaligned(c + j) + scaled : scaled).store_unaligned(c + j);
+    }
+    if (whole < n) {
+      shim::rounded<Arch>(batch::load_aligned(acc + whole) * scale).store_aligned(acc + whole);
+      for (std::ptrdiff_t j = whole; j < n; ++j) c[j] = add ? c[j] + acc[j] : acc[j];
+    }
+  }
+}
+
 }  // namespace detail_gemm
 
 // C = alpha A B, or C += alpha A B when `accumulate` (see the top of this file). `work` holds
@@ -291,6 +420,10 @@ void gemm(std::ptrdiff_t m, std::ptrdiff_t n, std::ptrdiff_t k, T alpha, const T
       }
     }
   } else {
+    if (m == 1 && b_cs == 1) {
+      detail_gemm::row_times_b<Arch>(n, k, alpha, a, a_cs, b, b_rs, accumulate, c, work);
+      return;
+    }
     constexpr std::ptrdiff_t R = Blocking::rows, N = Blocking::cols;
     const std::ptrdiff_t kc_max = std::min(k, Blocking::kc);
     T* packed_b = work;

@@ -560,29 +560,6 @@ inline T reduce_add(const xsimd::batch<T, Arch>& v) noexcept {
   return detail::reduce<Arch, T, detail::reduction::add>(v);
 }
 
-// ---- fused multiply-add ------------------------------------------------------------------------
-
-// a * b + c with one rounding. xsimd 8.1 has no AVX-512 fma: on avx512f/bw its xsimd::fma is
-// a multiply and an add (two roundings, two instructions, and -ffp-contract=off keeps them
-// apart), so AVX-512 goes straight to the intrinsics; FMA3 architectures get xsimd's own.
-// Elsewhere (no FMA instruction) it is a multiply and an add.
-template <class Arch, class T>
-inline xsimd::batch<T, Arch> fma(const xsimd::batch<T, Arch>& a, const xsimd::batch<T, Arch>& b,
-                                 const xsimd::batch<T, Arch>& c) noexcept {
-#if XSIMD_WITH_AVX512F
-  if constexpr (arch_traits::has_avx512<Arch>() && std::is_same_v<T, float>) {
-    const __m512 a_reg = a.data, b_reg = b.data, c_reg = c.data;
-    return _mm512_fmadd_ps(a_reg, b_reg, c_reg);
-  } else if constexpr (arch_traits::has_avx512<Arch>() && std::is_same_v<T, double>) {
-    const __m512d a_reg = a.data, b_reg = b.data, c_reg = c.data;
-    return _mm512_fmadd_pd(a_reg, b_reg, c_reg);
-  } else
-#endif
-  {
-    return xsimd::fma(a, b, c);
-  }
-}
-
 // ---- prefetch ----------------------------------------------------------------------------------
 
 // Prefetches the line at p for reading, into L1 (to_l2 false) or L2 only (prefetcht1).
@@ -632,6 +609,34 @@ inline V rounded(V value) noexcept {
 #endif
   // Elsewhere the caller's -ffp-contract=off (or the compiler's default) must keep it apart.
   return value;
+}
+
+// ---- fused multiply-add ------------------------------------------------------------------------
+
+// a * b + c with one rounding. xsimd 8.1 has no AVX-512 fma: on avx512f/bw its xsimd::fma is
+// a multiply and an add (two roundings, two instructions, and -ffp-contract=off keeps them
+// apart), so AVX-512 goes straight to the intrinsics; FMA3 architectures get xsimd's own.
+// Elsewhere (no FMA instruction: sse2, avx2 without fma3) it is a multiply and an add, each
+// rounded whatever the contraction flags: a compiler allowed to contract (and to use FMA,
+// say under -march=native) would otherwise fuse it in some loops and not others, and the
+// same coefficient would round differently in two code paths (kernels/gemm.hpp).
+template <class Arch, class T>
+inline xsimd::batch<T, Arch> fma(const xsimd::batch<T, Arch>& a, const xsimd::batch<T, Arch>& b,
+                                 const xsimd::batch<T, Arch>& c) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (arch_traits::has_avx512<Arch>() && std::is_same_v<T, float>) {
+    const __m512 a_reg = a.data, b_reg = b.data, c_reg = c.data;
+    return _mm512_fmadd_ps(a_reg, b_reg, c_reg);
+  } else if constexpr (arch_traits::has_avx512<Arch>() && std::is_same_v<T, double>) {
+    const __m512d a_reg = a.data, b_reg = b.data, c_reg = c.data;
+    return _mm512_fmadd_pd(a_reg, b_reg, c_reg);
+  } else
+#endif
+      if constexpr (arch_traits::has_fused_fma<Arch>()) {
+    return xsimd::fma(a, b, c);
+  } else {
+    return rounded<Arch>(a * b) + c;
+  }
 }
 
 }  // namespace mixdepth::kernels::shim

@@ -190,18 +190,16 @@ class Attention {
     const Index heads_per_kv = config_.n_heads / config_.n_kv_heads;
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(head_dim)));
     const auto mark = arena.mark();
-    T* score_storage = arena.take(std::min(n_queries, query_block_rows) * n_keys).data();
+    T* score_storage = arena.take(std::min(n_queries, query_block_rows) * Arena<T>::aligned_stride(n_keys)).data();
     // One KV head's keys transposed, [head_dim, n_keys] with rows `stride` apart, so the score
     // products read them in place rather than packing the transpose again for every block of
-    // queries. The stride is an odd number of cache lines, so that the rows do not crowd into
-    // a few cache sets (as rows a multiple of 4 KiB apart would). A single query (a decode
-    // step) multiplies by the transpose directly.
-    const bool transpose_keys = n_queries > 1;
+    // queries and every query head of a group. The stride is an odd number of cache lines,
+    // so that the rows do not crowd into a few cache sets (as rows a multiple of 4 KiB apart
+    // would).
     constexpr Index line = Index(64 / sizeof(T));
     Index stride = (n_keys + line - 1) / line * line;
     if ((stride / line) % 2 == 0) stride += line;
-    KeysByColumn keys_t(transpose_keys ? arena.take(head_dim * stride).data() : nullptr, head_dim,
-                        transpose_keys ? n_keys : 0, Eigen::OuterStride<>(stride));
+    KeysByColumn keys_t(arena.take(head_dim * stride).data(), head_dim, n_keys, Eigen::OuterStride<>(stride));
     std::array<Index, query_block_rows> visible{};  // keys each query of the block may see
     std::array<T, query_block_rows> inverse_sum{};  // 1 / its softmax denominator
     // Whether every value is finite, found out once, by the first block with keys that only
@@ -217,7 +215,7 @@ class Attention {
     for (Index head = 0; head < config_.n_heads; ++head) {
       const Index kv_head = head / heads_per_kv;
       const auto head_keys = keys.block(0, kv_head * head_dim, n_keys, head_dim);
-      if (transpose_keys && head % heads_per_kv == 0)
+      if (head % heads_per_kv == 0)
         for (Index j = 0; j < n_keys; ++j) keys_t.col(j) = head_keys.row(j).transpose();
       for (Index first = 0; first < n_queries; first += query_block_rows) {
         const Index rows = std::min(query_block_rows, n_queries - first);
@@ -233,16 +231,11 @@ class Attention {
           context_block.setZero();
           continue;
         }
-        RowMatrixMap<T> scores(score_storage, rows, widest);
+        // Every row of scores starts on a cache line, as a decoding step's single row does:
+        // the softmax's vectorised exp then rounds each score as it would in any other row.
+        StridedRowMatrixMap<T> scores(score_storage, rows, widest, Eigen::OuterStride<>(Arena<T>::aligned_stride(widest)));
         const auto query_block = queries.block(first, head * head_dim, rows, head_dim);
-        // A block of one query row is a GEMV, which Eigen evaluates, and Eigen's GEMV takes a
-        // heap temporary for a scaled operand: such a row is scaled after the product.
-        const T alpha = rows > 1 ? scale : T(1);
-        if (transpose_keys)
-          mixdepth::detail::product(scores, query_block, keys_t.leftCols(widest), &arena, alpha);
-        else
-          mixdepth::detail::product(scores, query_block, head_keys.topRows(widest).transpose(), &arena, alpha);
-        if (rows == 1) scores *= scale;
+        mixdepth::detail::product(scores, query_block, keys_t.leftCols(widest), &arena, scale);
         for (Index r = 0; r < rows; ++r)
           inverse_sum[std::size_t(r)] = softmax_numerators(scores.row(r), visible[std::size_t(r)]);
         const auto head_values = values.block(0, kv_head * head_dim, widest, head_dim);

@@ -176,12 +176,11 @@ class Decoder {
 
   // The same stack over whole sequences without any cache: MoD layers route by `routing`
   // (top-k, or the causal rules token by token). Decoding step by step with a causal rule
-  // gives these outputs up to rounding: a step's products have one row, which Eigen's
-  // matrix-vector code sums in another order than the kernel that multiplies many rows (the
-  // router's logit of a given input row is the same bit for bit; the predictor's, and every
-  // layer's output, are not). So a token whose causal logit lies within rounding of the
-  // threshold can be routed in one and skipped in the other, and its output then differs by
-  // the block's whole update.
+  // gives these outputs bit for bit, and so the same routing decisions, however the
+  // sequence is split into prefill and steps: a step's one-row products run through the
+  // same kernel as the forward's many-row ones (each coefficient depends only on its row
+  // and column), attention scores a decoding query with the same products and softmax, and
+  // element-wise functions see every row start on a cache line (Arena::aligned_rows).
   // Does not touch the caches. On any error y and layer_inputs are left as they were.
   void forward(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Routing routing, std::span<const Index> lengths = {},
                std::vector<RowMatrix<T>>* layer_inputs = nullptr) {

@@ -100,8 +100,10 @@ class SwiGluMlp {
 
     mixdepth::detail::ScratchScope<T> scratch(scratch_arena);
     auto normed = scratch->matrix(rows, config_.d_model);
-    auto gated = scratch->matrix(rows, config_.hidden);
-    auto up = scratch->matrix(rows, config_.hidden);
+    // Rows start on cache lines, so that exp rounds a row's elements alike wherever the row
+    // is (Arena::aligned_rows): a token's output does not depend on the rows beside it.
+    auto gated = scratch->aligned_rows(rows, config_.hidden);
+    auto up = scratch->aligned_rows(rows, config_.hidden);
     norm_.apply_unchecked(x, normed);
     mixdepth::detail::product(gated, normed, weights_.gate, scratch.get());
     mixdepth::detail::product(up, normed, weights_.up, scratch.get());
