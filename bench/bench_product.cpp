@@ -1,8 +1,9 @@
 // The reference layers' matrix product (detail::product: mixdepth's GEMM kernel, packing
 // buffers from an arena) beside Eigen's own `noalias() = a * b` on the same row-major
 // operands, at the block's shapes: m tokens x d 512 times the projections (512 x 512, the
-// SwiGLU 512 x 1536 and 1536 x 512). Counter GFLOPs: 2 m k n per iteration. BM_FmaPeak
-// measures the ceiling: the core's fused multiply-add throughput.
+// SwiGLU 512 x 1536 and 1536 x 512). m = 1 is a decoding step's projection: the kernel's
+// one-row path beside Eigen's matrix-vector product. Counter GFLOPs: 2 m k n per iteration.
+// BM_FmaPeak measures the ceiling: the core's fused multiply-add throughput.
 #include <benchmark/benchmark.h>
 
 #include <mixdepth/mixdepth.hpp>
@@ -68,7 +69,7 @@ void BM_FmaPeak(benchmark::State& state) {
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
-  for (int m : {256, 2048}) {
+  for (int m : {1, 256, 2048}) {
     b->Args({m, 512, 512});
     b->Args({m, 512, 1536});
     b->Args({m, 1536, 512});
