@@ -200,4 +200,28 @@ TEST_CASE("a CachedAttention decode step allocates nothing once warm" * doctest:
   CHECK(mallocs_after_warm_up(step, steps - 2) == 0);
   CHECK(cache.size(0) == prompt + steps);
 }
+TEST_CASE("Decoder steps allocate nothing once one has run, with the context growing, either causal rule" *
+          doctest::skip(!counting)) {
+  layers::DecoderConfig config;
+  config.layers = 2;  // layer 1 is MoD
+  config.attention = {.d_model = 128, .n_heads = 4, .n_kv_heads = 2, .head_dim = 32};
+  config.mlp = {.d_model = 128, .hidden = 256};
+  config.predictor_hidden = 16;
+  const Index batch = 2, prompt = 8, steps = 100;
+  const RowMatrix<float> x = random_matrix<float>(batch * prompt, 128, 31);
+  const RowMatrix<float> token = random_matrix<float>(batch, 128, 32);
+  RowMatrix<float> y(batch * prompt, 128), out(batch, 128);
+  for (const layers::Routing routing : {layers::Routing::router, layers::Routing::predictor}) {
+    layers::Decoder<float> decoder(config, 33);
+    decoder.reset(batch, prompt + steps + 1, prompt + steps + 1);
+    decoder.prefill(x, {batch, prompt}, y, layers::Routing::top_k);
+    decoder.step(token, out, routing);
+    INFO("routing ", int(routing));
+    CHECK(count_mallocs([&] {
+            for (Index s = 0; s < steps; ++s) decoder.step(token, out, routing);
+          }) == 0);
+    CHECK(decoder.positions()[0] == prompt + steps + 1);
+  }
+}
+
 #endif

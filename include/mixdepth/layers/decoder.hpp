@@ -109,8 +109,11 @@ class Decoder {
 
   // Empties the caches and makes room for `batch` sequences: `dense_tokens` per sequence in
   // dense layers, `routed_tokens` in MoD layers (a MoD layer caches only what it routed).
-  // The only call that allocates, with the first prefill and step of a shape. Bad arguments
-  // throw before anything changes.
+  // Allocates the caches. After it, a prefill allocates two buffers of its prompt's size (and
+  // the workspace grows to its needs), and steps allocate nothing once one has run: only a
+  // context longer than the workspace has room for (thousands of tokens past the prompt at
+  // d = 512) grows its scratch once more, to double. Bad arguments throw before anything
+  // changes.
   void reset(Index batch, Index dense_tokens, Index routed_tokens) {
     constexpr std::string_view where = "Decoder::reset";
     if (batch < 1) detail::fail(where, "batch", ">= 1", batch);
@@ -121,7 +124,8 @@ class Decoder {
       l->visits = l->routed_visits = 0;
     }
     positions_.assign(std::size_t(batch), 0);
-    sizes_.assign(layers_.size() * std::size_t(batch), 0);
+    rollback_.sizes.assign(layers_.size() * std::size_t(batch), 0);
+    rollback_.positions.assign(std::size_t(batch), 0);
     step_in_ = RowMatrix<T>(batch, dim());
     step_out_ = RowMatrix<T>(batch, dim());
   }
@@ -140,11 +144,11 @@ class Decoder {
       if (layer(0).cache.size(b) != 0 || positions_[std::size_t(b)] != 0)
         detail::fail(where, "positions()[" + std::to_string(b) + "]", "0 (prefill starts from empty caches; call reset)",
                      positions_[std::size_t(b)]);
-    const auto saved = save();
+    save_into(rollback_);
     try {
       run_layers(x, shape, y, routing, lengths, {}, layer_inputs, /*cached=*/true);
     } catch (...) {
-      restore(saved);
+      restore(rollback_);
       throw;
     }
     for (Index b = 0; b < batch(); ++b) positions_[std::size_t(b)] = lengths.empty() ? shape.seq_len : lengths[b];
@@ -164,11 +168,11 @@ class Decoder {
     detail::require_equal(where, "x.cols()", dim(), x.cols());
     detail::require_equal(where, "y.rows()", batch(), y.rows());
     detail::require_equal(where, "y.cols()", dim(), y.cols());
-    const auto saved = save();
+    save_into(rollback_);
     try {
       run_layers(x, Shape{batch(), 1}, y, routing, {}, positions_, layer_inputs, /*cached=*/true);
     } catch (...) {
-      restore(saved);
+      restore(rollback_);
       throw;
     }
     for (auto& p : positions_) ++p;
@@ -193,7 +197,11 @@ class Decoder {
     std::vector<Index> sizes;
     std::vector<Index> positions;
   };
-  Checkpoint checkpoint() const { return save(); }
+  Checkpoint checkpoint() const {
+    Checkpoint c;
+    save_into(c);
+    return c;
+  }
   // Requires a checkpoint of this decoder since its last reset(): every size and position
   // at most the current one. Checked before anything changes.
   void restore(const Checkpoint& c) {
@@ -248,12 +256,13 @@ class Decoder {
     return total;
   }
 
-  Checkpoint save() const {
-    Checkpoint c{sizes_, positions_};
+  // Every cache's size and every position, into c's own storage: no allocation once c has
+  // held this decoder's shape (rollback_, sized by reset()).
+  void save_into(Checkpoint& c) const {
     c.sizes.resize(layers_.size() * std::size_t(batch()));
     for (std::size_t l = 0; l < layers_.size(); ++l)
       for (Index b = 0; b < batch(); ++b) c.sizes[l * std::size_t(batch()) + std::size_t(b)] = layers_[l]->cache.size(b);
-    return c;
+    c.positions.assign(positions_.begin(), positions_.end());
   }
 
   template <class B>
@@ -318,7 +327,7 @@ class Decoder {
   DecoderConfig config_;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<Index> positions_;
-  std::vector<Index> sizes_;
+  Checkpoint rollback_;  // where a prefill or step that throws returns to
   std::vector<long> routed_this_step_;  // per layer: rows the current step routed
   RowMatrix<T> step_in_, step_out_;
   Workspace<T> workspace_;
