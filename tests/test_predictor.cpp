@@ -131,6 +131,30 @@ TEST_CASE_TEMPLATE("predictor: logits match a per-row reference and route() is l
   }
 }
 
+TEST_CASE_TEMPLATE("predictor: a row's logit has the same bits alone as among other rows (decoding routes as "
+                   "the forward)", T, float, double) {
+  const Index rows = 72, d = 40;
+  for (const Index h : {Index(64), Index(7), Index(16), Index(33)}) {
+    const CausalPredictor<T> predictor(d, h, Activation::silu, 8);
+    const RowMatrix<T> x = random_matrix<T>(rows, d, 9);
+    Vector<T> all(rows), one(1);
+    Arena<T> arena;
+    predictor.logits(x, all, arena);
+    Index differ = 0;
+    for (Index r = 0; r < rows; ++r) {
+      predictor.logits(x.middleRows(r, 1), one, arena);
+      differ += !bit_equal(one, all.segment(r, 1));
+    }
+    for (const Index count : {Index(2), Index(3), Index(5), Index(9)}) {  // Eigen's row blocks were 8, 4, 2, 1
+      Vector<T> some(count);
+      predictor.logits(x.middleRows(rows - count, count), some, arena);
+      differ += !bit_equal(some, all.tail(count));
+    }
+    INFO("h ", h);
+    CHECK(differ == 0);
+  }
+}
+
 TEST_CASE("predictor: logits and route reuse the arena and make no Eigen heap allocation after warm-up") {
   const Index rows = 64, d = 32, h = 16;
   const CausalPredictor<float> predictor(d, h, Activation::silu, 8);

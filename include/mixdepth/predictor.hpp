@@ -408,14 +408,20 @@ class CausalPredictor {
       out.array() = pre.array().max(T(0));
   }
 
-  // logits for all rows; `hidden` is [rows, h] scratch whose rows start on cache lines, so
-  // that a row's logit does not depend on the rows beside it (Arena::aligned_rows).
+  // logits for all rows (out: contiguous). A row's logit has the same bits whatever rows
+  // come with it, so that a decoding step routes a token as the forward over its sequence
+  // does: `hidden` is [rows, h] scratch whose rows start on cache lines (Eigen's exp then
+  // rounds every row alike; Arena::aligned_rows), and both layers are products through the
+  // GEMM kernel, w2 as an h x 1 matrix (Eigen's matrix-vector product would sum a row in an
+  // order that depends on how many rows there are).
   template <class Out>
   void forward_rows(MatrixCRef<T> x, StridedRowMatrixMap<T>& hidden, Out& out, Arena<T>& scratch) const {
     detail::product(hidden, x, parameters_.hidden_weight, &scratch);
     hidden.rowwise() += parameters_.hidden_bias.transpose();
     activate(hidden, hidden);
-    out.noalias() = hidden * parameters_.output_weight;
+    RowMatrixMap<T> logits(out.data(), x.rows(), 1);
+    const ConstRowMatrixMap<T> w2(parameters_.output_weight.data(), hidden.cols(), 1);
+    detail::product(logits, hidden, w2, &scratch);
     out.array() += parameters_.output_bias;
   }
 

@@ -137,8 +137,9 @@ inline constexpr bool is_fma3<xsimd::fma3<Base>> = true;
 #endif
 }  // namespace detail_traits
 
-// Whether the architecture has a fused multiply-add instruction that shim::fma uses (AVX-512,
-// and xsimd's fma3<...> tags); elsewhere shim::fma is a multiply and an add.
+// Whether shim::fma uses a fused multiply-add instruction on this architecture: AVX-512 and
+// xsimd's fma3<...> tags. Elsewhere (fma4 and NEON included, which have one) shim::fma is
+// a multiply and an add, each rounded.
 template <class Arch>
 constexpr bool has_fused_fma() {
   if constexpr (is_xsimd<Arch>())

@@ -616,8 +616,9 @@ inline V rounded(V value) noexcept {
 // a * b + c with one rounding. xsimd 8.1 has no AVX-512 fma: on avx512f/bw its xsimd::fma is
 // a multiply and an add (two roundings, two instructions, and -ffp-contract=off keeps them
 // apart), so AVX-512 goes straight to the intrinsics; FMA3 architectures get xsimd's own.
-// Elsewhere (no FMA instruction: sse2, avx2 without fma3) it is a multiply and an add, each
-// rounded whatever the contraction flags: a compiler allowed to contract (and to use FMA,
+// Elsewhere (sse2, avx2 without fma3, and architectures arch_traits::has_fused_fma does not
+// list, such as fma4 and NEON) it is a multiply and an add, each rounded whatever the
+// contraction flags: a compiler allowed to contract (and to use FMA,
 // say under -march=native) would otherwise fuse it in some loops and not others, and the
 // same coefficient would round differently in two code paths (kernels/gemm.hpp).
 template <class Arch, class T>

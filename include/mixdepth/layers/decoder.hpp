@@ -179,12 +179,15 @@ class Decoder {
   }
 
   // The same stack over whole sequences without any cache: MoD layers route by `routing`
-  // (top-k, or the causal rules token by token). Decoding step by step with a causal rule
-  // gives these outputs bit for bit, and so the same routing decisions, however the
-  // sequence is split into prefill and steps: a step's one-row products run through the
-  // same kernel as the forward's many-row ones (each coefficient depends only on its row
-  // and column), attention scores a decoding query with the same products and softmax, and
-  // element-wise functions see every row start on a cache line (Arena::aligned_rows).
+  // (top-k, or the causal rules token by token). With finite inputs and weights, decoding
+  // step by step with a causal rule gives these outputs bit for bit, and so the same routing
+  // decisions, however the sequence is split into prefill and steps: a step's one-row
+  // products run through the same kernel as the forward's many-row ones (each coefficient
+  // depends only on its row and column; the predictor's output layer included), attention
+  // scores a decoding query with the same products (the cached keys transposed, as the
+  // forward transposes them) and softmax, and element-wise functions see every row start on
+  // a cache line (Arena::aligned_rows). (A NaN's sign may differ, and a value that is
+  // infinite in some cached token makes the forward add masked rows one by one.)
   // Does not touch the caches. On any error y and layer_inputs are left as they were.
   void forward(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Routing routing, std::span<const Index> lengths = {},
                std::vector<RowMatrix<T>>* layer_inputs = nullptr) {
