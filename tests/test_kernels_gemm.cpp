@@ -205,6 +205,44 @@ TEST_CASE_TEMPLATE("kernel gemm: a row or a column computed alone has the bits i
   }
 }
 
+// A product of one row takes its own path (streaming whole rows of B, the accumulators in
+// registers up to 8 vectors wide, in memory beyond), which must give each coefficient the
+// tile's operations: widths either side of every vector count and of a panel of columns,
+// depths either side of a block of depth, A stored either way, B's rows padded.
+TEST_CASE_TEMPLATE("kernel gemm: one row alone has the bits of the same row among others, at every width and depth",
+                   T, float, double) {
+  std::mt19937_64 rng(25);
+  const std::ptrdiff_t m = 7, row = 3;
+  long cases = 0, differ = 0;
+  for (const std::ptrdiff_t n : {1, 7, 16, 33, 64, 100, 128, 129, 257, 1600})
+    for (const std::ptrdiff_t k : {1, 9, 600})
+      for (const bool a_transposed : {false, true}) {
+        const Operands<T> o = make_operands<T>(rng, m, n, k, a_transposed, false);
+        Operands<T> one = o;
+        one.m = 1;
+        one.a.assign(o.a.begin() + row * o.a_rs, o.a.end());
+        for (const bool accumulate : {false, true}) {
+          const std::vector<T> c0 = normal_values<T>(rng, m * n);
+          const T alpha = accumulate ? T(0.7) : T(-0.3);
+          for_each_arch([&](auto arch) {
+            using Arch = decltype(arch);
+            const std::vector<T> full = run<Arch>(o, alpha, accumulate, c0, n);
+            const std::vector<T> alone = run<Arch>(
+                one, alpha, accumulate, std::vector<T>(c0.begin() + row * n, c0.begin() + (row + 1) * n), n);
+            const bool same = std::memcmp(alone.data(), &full[std::size_t(row * n)], sizeof(T) * std::size_t(n)) == 0;
+            if (!same && differ++ < 3) {
+              INFO("arch=", std::string(Arch::name()), " n=", n, " k=", k, " a_transposed=", a_transposed,
+                   " accumulate=", accumulate);
+              CHECK(same);
+            }
+            ++cases;
+          });
+        }
+      }
+  CHECK(cases == 10 * 3 * 2 * 2 * arch_count());
+  CHECK(differ == 0);
+}
+
 TEST_CASE_TEMPLATE("kernel gemm: a NaN or infinity stays in its own row and column", T, float, double) {
   std::mt19937_64 rng(23);
   const std::ptrdiff_t m = 13, n = 70, k = 40;
