@@ -101,7 +101,39 @@ void run(benchmark::State& state, bool mod) {
 void BM_Decode_Dense(benchmark::State& state) { run(state, false); }
 void BM_Decode_MoD(benchmark::State& state) { run(state, true); }
 
+// One layer's attention for one decoded token: CachedAttention (projections, the append to
+// the cache, attention over `context` cached tokens plus itself, output projection), then a
+// truncation back to `context`. d = 512, 8 query heads of 64, range(1) KV heads. The new
+// token cycles through a pool of 64. Counter flops: as in layer_step_flops, attention only.
+void BM_Decode_Attention(benchmark::State& state) {
+  const Index context = state.range(0), kv = state.range(1);
+  const layers::AttentionConfig c{.d_model = d_model, .n_heads = heads, .n_kv_heads = kv, .head_dim = head_dim};
+  const auto attention = layers::Attention<float>::random(c, 2026);
+  KvCache<float> cache(1, c.kv_width(), context + 1);
+  const layers::CachedAttention<float> cached(attention, cache);
+  Arena<float> scratch;
+  const RowMatrix<float> prompt = RowMatrix<float>::Random(context, d_model);
+  std::vector<Position> positions(static_cast<std::size_t>(context));
+  for (Index t = 0; t < context; ++t) positions[std::size_t(t)] = Position(t);
+  const std::vector<Index> prompt_offsets{0, context}, step_offsets{0, 1};
+  RowMatrix<float> prompt_out(context, d_model);
+  cached(Routed<float>{prompt, positions, prompt_offsets, &scratch}, prompt_out);
+  scratch.reset();  // one chunk from now on (the merge would otherwise fall in the first step)
+  const RowMatrix<float> pool = RowMatrix<float>::Random(pool_size, d_model);
+  const std::vector<Position> step_position{Position(context)};
+  RowMatrix<float> out(1, d_model);
+  Index i = 0;
+  for (auto _ : state) {
+    cached(Routed<float>{pool.row(i++ % pool_size), step_position, step_offsets, &scratch}, out);
+    benchmark::DoNotOptimize(out.data());
+    cache.truncate(0, context);
+  }
+  const double projections = 2.0 * d_model * (2.0 * heads * head_dim + 2.0 * kv * head_dim);
+  state.counters["flops"] = projections + 2.0 * 2.0 * heads * head_dim * double(context + 1);
+}
+
 }  // namespace
 
 BENCHMARK(BM_Decode_Dense)->Arg(1024)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Decode_MoD)->Arg(1024)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Decode_Attention)->ArgsProduct({{1024, 8192}, {2, 8}})->Unit(benchmark::kMicrosecond);

@@ -128,6 +128,79 @@ TEST_CASE("decoder: a MoD layer's cache holds exactly the routed tokens, with th
   CHECK(decoder.cache(1).tokens() < decoder.cache(0).tokens());
 }
 
+TEST_CASE_TEMPLATE("KvCache: appends keep every key, by token and by feature, through reserve growth and truncation",
+                   T, float, double) {
+  constexpr Index line = Index(64 / sizeof(T));
+  for (Index n = 0; n <= 8 * line + 1; ++n) {  // the stride rule: whole lines, an odd number of them
+    const Index stride = Arena<T>::spread_stride(n);
+    CHECK(stride >= n);
+    CHECK(stride < n + 2 * line);
+    CHECK(stride % line == 0);
+    if (n > 0) CHECK((stride / line) % 2 == 1);
+  }
+  const Index width = 5;
+  KvCache<T> cache(2, width, 3);
+  CHECK(cache.key_stride() == Arena<T>::spread_stride(3));
+  const RowMatrix<T> keys = random_matrix<T>(6, width, 81), values = random_matrix<T>(6, width, 82);
+  std::vector<RowMatrix<T>> want_keys(2), want_values(2);
+  std::vector<std::vector<Position>> want_positions(2);
+  auto append = [&](Index b, Index first, Index count, Position at) {
+    std::vector<Position> positions(static_cast<std::size_t>(count));
+    for (Index j = 0; j < count; ++j) positions[std::size_t(j)] = Position(at + 2 * j);
+    cache.check_append("test", b, count, positions);
+    cache.append_unchecked(b, keys, values, first, count, positions);
+    auto& k = want_keys[std::size_t(b)];
+    auto& v = want_values[std::size_t(b)];
+    k.conservativeResize(k.rows() + count, width);
+    v.conservativeResize(v.rows() + count, width);
+    k.bottomRows(count) = keys.middleRows(first, count);
+    v.bottomRows(count) = values.middleRows(first, count);
+    want_positions[std::size_t(b)].insert(want_positions[std::size_t(b)].end(), positions.begin(), positions.end());
+  };
+  auto holds_what_was_appended = [&] {
+    bool ok = true;
+    for (Index b = 0; b < 2; ++b) {
+      const auto& k = want_keys[std::size_t(b)];
+      ok = ok && cache.size(b) == k.rows() && bit_equal(RowMatrix<T>(cache.keys(b)), k) &&
+           bit_equal(RowMatrix<T>(cache.keys_by_feature(b)), RowMatrix<T>(k.transpose())) &&
+           bit_equal(RowMatrix<T>(cache.values(b)), want_values[std::size_t(b)]) &&
+           std::equal(cache.positions(b).begin(), cache.positions(b).end(), want_positions[std::size_t(b)].begin(),
+                      want_positions[std::size_t(b)].end());
+    }
+    return ok;
+  };
+  for (Index b = 0; b < 2; ++b) {
+    want_keys[std::size_t(b)].resize(0, width);
+    want_values[std::size_t(b)].resize(0, width);
+  }
+  append(0, 1, 2, 4);
+  append(1, 0, 3, 0);
+  CHECK(holds_what_was_appended());
+  CHECK(cache.tokens() == 5);
+  CHECK(cache.last_position(0) == 6);
+  cache.reserve(2);  // never shrinks
+  CHECK(cache.capacity() == 3);
+  cache.reserve(3 * line + 1);  // a new stride: the stored keys move with it
+  CHECK(cache.key_stride() == Arena<T>::spread_stride(3 * line + 1));
+  CHECK(cache.key_stride() == 5 * line);
+  CHECK(holds_what_was_appended());
+  append(0, 3, 3, 10);
+  CHECK(holds_what_was_appended());
+  const std::size_t reserved =
+      2 * (std::size_t(width * cache.key_stride()) * sizeof(T) +
+           std::size_t(cache.capacity()) * (std::size_t(width) * sizeof(T) + sizeof(Position)));
+  CHECK(cache.reserved_bytes() == reserved);
+  CHECK(cache.bytes() == std::size_t(cache.tokens()) * (2 * std::size_t(width) * sizeof(T) + sizeof(Position)));
+  // A rollback, then new tokens where the dropped ones were.
+  cache.truncate(0, 1);
+  want_keys[0].conservativeResize(1, width);
+  want_values[0].conservativeResize(1, width);
+  want_positions[0].resize(1);
+  append(0, 5, 1, 7);
+  CHECK(holds_what_was_appended());
+  CHECK(cache.keys_by_feature(0).outerStride() == cache.key_stride());
+}
+
 TEST_CASE("CachedAttention: later tokens provably do not attend to a token the block skipped") {
   // A rule that routes rows whose first feature is positive: editing the rest of a skipped
   // row keeps it skipped, so any change downstream would mean it was attended to.

@@ -88,6 +88,15 @@ class Arena {
   }
   // cols rounded up to whole cache lines.
   static Index aligned_stride(Index cols) { return round_up(cols); }
+  // cols rounded up to an odd number of whole cache lines (0 for 0): the stride for rows
+  // that are read down a column, a few elements from each row. Rows an even number of lines
+  // apart (a multiple of 4 KiB, at worst) crowd into a few cache sets; an odd number spreads
+  // them over all of them.
+  static Index spread_stride(Index cols) {
+    constexpr Index line = static_cast<Index>(alignment / sizeof(T) > 0 ? alignment / sizeof(T) : 1);
+    const Index stride = round_up(cols);
+    return (stride / line) % 2 == 0 && stride > 0 ? stride + line : stride;
+  }
 
   Mark mark() const { return {current_, used_}; }
   void rewind(Mark m) {

@@ -3,12 +3,18 @@
 // it holds only the tokens the block routed (a skipped token never enters it), each with its
 // original position. Capacity is explicit: reserve() is the only call that allocates, and
 // an append past the reserve throws instead of growing.
+//
+// Keys are stored by feature: for each sequence a [width, stride] row-major array whose row
+// f holds feature f of every cached token, so one KV head's keys are already the transposed
+// operand of its attention scores (a decode step's query times them reads rows in place).
+// keys(b) views them as the usual [tokens, width] matrix. Values are stored by token.
 #include <algorithm>
 #include <cstring>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "arena.hpp"
 #include "types.hpp"
 
 namespace mixdepth {
@@ -16,6 +22,10 @@ namespace mixdepth {
 template <class T>
 class KvCache {
  public:
+  // [tokens, width], column-major: column f is row f of keys_by_feature().
+  using KeysView = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>,
+                              Eigen::Unaligned, Eigen::OuterStride<>>;
+
   KvCache() = default;
   // `batch` sequences, rows of `width` numbers (kv heads * head dim), room for `capacity`
   // tokens per sequence.
@@ -34,7 +44,16 @@ class KvCache {
   Index capacity() const { return capacity_; }
   // Tokens stored for sequence b.
   Index size(Index b) const { return sequence(b).size; }
-  ConstRowMatrixMap<T> keys(Index b) const { return {sequence(b).keys.data(), size(b), width_}; }
+  KeysView keys(Index b) const {
+    return {sequence(b).keys.data(), size(b), width_, Eigen::OuterStride<>(key_stride_)};
+  }
+  // The same keys transposed, [width, tokens], rows key_stride() elements apart.
+  ConstStridedRowMatrixMap<T> keys_by_feature(Index b) const {
+    return {sequence(b).keys.data(), width_, size(b), Eigen::OuterStride<>(key_stride_)};
+  }
+  // Elements between the rows of keys_by_feature(): the capacity rounded up to an odd number
+  // of cache lines (Arena::spread_stride), so that a column's reads spread over the cache.
+  Index key_stride() const { return key_stride_; }
   ConstRowMatrixMap<T> values(Index b) const { return {sequence(b).values.data(), size(b), width_}; }
   std::span<const Position> positions(Index b) const {
     return {sequence(b).positions.data(), std::size_t(size(b))};
@@ -50,23 +69,38 @@ class KvCache {
     return total;
   }
 
-  // Bytes the stored tokens occupy (keys, values and positions), and bytes reserved.
+  // Bytes the stored tokens occupy (keys, values and positions), and bytes reserved (the
+  // keys' rows padded to key_stride() included).
   std::size_t bytes() const { return std::size_t(tokens()) * token_bytes(); }
   std::size_t reserved_bytes() const {
-    return std::size_t(capacity_) * std::size_t(batch()) * token_bytes();
+    const std::size_t keys = std::size_t(width_) * std::size_t(key_stride_) * sizeof(T);
+    const std::size_t rest = std::size_t(capacity_) * (std::size_t(width_) * sizeof(T) + sizeof(Position));
+    return std::size_t(batch()) * (keys + rest);
   }
   std::size_t token_bytes() const { return 2 * std::size_t(width_) * sizeof(T) + sizeof(Position); }
 
-  // Room for `capacity` tokens per sequence; keeps what is stored. Never shrinks.
+  // Room for `capacity` tokens per sequence; keeps what is stored. Never shrinks. If an
+  // allocation throws, the cache is as it was.
   void reserve(Index capacity) {
     if (capacity < 0) detail::fail("KvCache::reserve", "capacity", ">= 0", capacity);
     if (capacity <= capacity_) return;
-    for (auto& s : sequences_) {
-      s.keys.resize(std::size_t(capacity * width_));
-      s.values.resize(std::size_t(capacity * width_));
-      s.positions.resize(std::size_t(capacity));
+    const Index stride = Arena<T>::spread_stride(capacity);
+    std::vector<Sequence> grown(sequences_.size());
+    for (std::size_t b = 0; b < sequences_.size(); ++b) {
+      const Sequence& s = sequences_[b];
+      Sequence& g = grown[b];
+      g.keys.resize(std::size_t(stride * width_));
+      for (Index f = 0; f < width_; ++f)
+        std::copy_n(s.keys.data() + f * key_stride_, s.size, g.keys.data() + f * stride);
+      g.values.resize(std::size_t(capacity * width_));
+      std::copy_n(s.values.data(), s.size * width_, g.values.data());
+      g.positions.resize(std::size_t(capacity));
+      std::copy_n(s.positions.data(), s.size, g.positions.data());
+      g.size = s.size;
     }
+    sequences_.swap(grown);
     capacity_ = capacity;
+    key_stride_ = stride;
   }
 
   // Drops the tokens of sequence b after the first `size` (a rollback: `size` <= size(b)).
@@ -107,8 +141,17 @@ class KvCache {
   void append_unchecked(Index b, MatrixCRef<T> keys, MatrixCRef<T> values, Index first, Index count,
                         std::span<const Position> positions) {
     auto& s = sequences_[std::size_t(b)];
+    // Keys go in by feature, a cache line of tokens at a time: the rows read stay in L1
+    // while each feature's run of them is written.
+    constexpr Index run = Index(64 / sizeof(T) > 0 ? 64 / sizeof(T) : 1);
+    for (Index j0 = 0; j0 < count; j0 += run) {
+      const Index n = std::min(run, count - j0);
+      for (Index f = 0; f < width_; ++f) {
+        T* row = s.keys.data() + f * key_stride_ + s.size + j0;
+        for (Index j = 0; j < n; ++j) row[j] = keys(first + j0 + j, f);
+      }
+    }
     for (Index j = 0; j < count; ++j) {
-      std::memcpy(s.keys.data() + (s.size + j) * width_, &keys.coeffRef(first + j, 0), sizeof(T) * std::size_t(width_));
       std::memcpy(s.values.data() + (s.size + j) * width_, &values.coeffRef(first + j, 0), sizeof(T) * std::size_t(width_));
       s.positions[std::size_t(s.size + j)] = positions[std::size_t(j)];
     }
@@ -117,8 +160,8 @@ class KvCache {
 
  private:
   struct Sequence {
-    std::vector<T> keys;    // [capacity, width]
-    std::vector<T> values;  // [capacity, width]
+    detail::LineAlignedVector<T> keys;  // [width, key_stride]: by feature
+    std::vector<T> values;              // [capacity, width]: by token
     std::vector<Position> positions;
     Index size = 0;
   };
@@ -134,6 +177,7 @@ class KvCache {
 
   Index width_ = 0;
   Index capacity_ = 0;
+  Index key_stride_ = 0;
   std::vector<Sequence> sequences_;
 };
 

@@ -27,6 +27,8 @@ using ConstRowMatrixMap = Eigen::Map<const RowMatrix<T>>;
 // A row-major matrix whose rows lie outerStride() elements apart (Arena::aligned_rows).
 template <class T>
 using StridedRowMatrixMap = Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class T>
+using ConstStridedRowMatrixMap = Eigen::Map<const RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 
 // A batch of `batch` sequences of `seq_len` tokens each, stored as rows b*seq_len + i.
 struct Shape {

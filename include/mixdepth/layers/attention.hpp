@@ -52,8 +52,6 @@ struct AttentionWeights {
 
 template <class T>
 class Attention {
-  using KeysByColumn = Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
-
  public:
   // Queries are scored this many at a time: bounds the score scratch to
   // query_block_rows x keys, and lets a block skip the keys none of its queries can see.
@@ -175,31 +173,70 @@ class Attention {
     arena.rewind(mark);
   }
 
+  // Keys by token, [n_keys, kv_width]: each KV head's keys are transposed into scratch once
+  // for all the query heads of its group.
   template <class QueryPositions, class KeyPositions>
   void attend_unchecked(MatrixCRef<T> queries, const QueryPositions& query_positions,
                         MatrixCRef<T> keys, MatrixCRef<T> values,
                         const KeyPositions& key_positions, MatrixRef<T> context,
                         Arena<T>& arena) const {
-    const Index n_queries = queries.rows(), n_keys = keys.rows();
-    if (n_queries == 0) return;
-    if (n_keys == 0) {
+    const Index n_keys = keys.rows(), head_dim = config_.head_dim;
+    if (queries.rows() == 0 || n_keys == 0) {
       context.setZero();
       return;
     }
+    const auto mark = arena.mark();
+    // One KV head's keys transposed, [head_dim, n_keys], so the score products read them in
+    // place rather than packing the transpose again for every block of queries and every
+    // query head of a group.
+    const Index stride = Arena<T>::spread_stride(n_keys);
+    StridedRowMatrixMap<T> keys_t(arena.take(head_dim * stride).data(), head_dim, n_keys, Eigen::OuterStride<>(stride));
+    Index transposed = -1;
+    auto head_keys_t = [&](Index kv_head) {
+      if (kv_head != transposed) {
+        const auto head_keys = keys.block(0, kv_head * head_dim, n_keys, head_dim);
+        for (Index j = 0; j < n_keys; ++j) keys_t.col(j) = head_keys.row(j).transpose();
+        transposed = kv_head;
+      }
+      return ConstStridedRowMatrixMap<T>(keys_t.data(), head_dim, n_keys, Eigen::OuterStride<>(stride));
+    };
+    attend_heads(queries, query_positions, n_keys, head_keys_t, values, key_positions, context, arena);
+    arena.rewind(mark);
+  }
+
+  // Keys by feature, [kv_width, n_keys] (KvCache::keys_by_feature): the score products read
+  // each KV head's rows in place. The results are those of attend_unchecked, bit for bit.
+  template <class QueryPositions, class KeyPositions>
+  void attend_by_feature_unchecked(MatrixCRef<T> queries, const QueryPositions& query_positions,
+                                   ConstStridedRowMatrixMap<T> keys_by_feature, MatrixCRef<T> values,
+                                   const KeyPositions& key_positions, MatrixRef<T> context,
+                                   Arena<T>& arena) const {
+    const Index n_keys = keys_by_feature.cols(), head_dim = config_.head_dim;
+    if (queries.rows() == 0 || n_keys == 0) {
+      context.setZero();
+      return;
+    }
+    const Index stride = keys_by_feature.outerStride();
+    auto head_keys_t = [&](Index kv_head) {
+      return ConstStridedRowMatrixMap<T>(keys_by_feature.data() + kv_head * head_dim * stride, head_dim, n_keys,
+                                         Eigen::OuterStride<>(stride));
+    };
+    attend_heads(queries, query_positions, n_keys, head_keys_t, values, key_positions, context, arena);
+  }
+
+ private:
+  // Every query head over its KV head's keys, given transposed by head_keys_t(kv_head) as
+  // [head_dim, n_keys] (n_keys >= 1, at least one query).
+  template <class QueryPositions, class HeadKeysT, class KeyPositions>
+  void attend_heads(MatrixCRef<T> queries, const QueryPositions& query_positions, Index n_keys,
+                    HeadKeysT& head_keys_t, MatrixCRef<T> values, const KeyPositions& key_positions,
+                    MatrixRef<T> context, Arena<T>& arena) const {
+    const Index n_queries = queries.rows();
     const Index head_dim = config_.head_dim;
     const Index heads_per_kv = config_.n_heads / config_.n_kv_heads;
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(head_dim)));
     const auto mark = arena.mark();
     T* score_storage = arena.take(std::min(n_queries, query_block_rows) * Arena<T>::aligned_stride(n_keys)).data();
-    // One KV head's keys transposed, [head_dim, n_keys] with rows `stride` apart, so the score
-    // products read them in place rather than packing the transpose again for every block of
-    // queries and every query head of a group. The stride is an odd number of cache lines,
-    // so that the rows do not crowd into a few cache sets (as rows a multiple of 4 KiB apart
-    // would).
-    constexpr Index line = Index(64 / sizeof(T));
-    Index stride = (n_keys + line - 1) / line * line;
-    if ((stride / line) % 2 == 0) stride += line;
-    KeysByColumn keys_t(arena.take(head_dim * stride).data(), head_dim, n_keys, Eigen::OuterStride<>(stride));
     std::array<Index, query_block_rows> visible{};  // keys each query of the block may see
     std::array<T, query_block_rows> inverse_sum{};  // 1 / its softmax denominator
     // Whether every value is finite, found out once, by the first block with keys that only
@@ -214,9 +251,7 @@ class Attention {
 
     for (Index head = 0; head < config_.n_heads; ++head) {
       const Index kv_head = head / heads_per_kv;
-      const auto head_keys = keys.block(0, kv_head * head_dim, n_keys, head_dim);
-      if (head % heads_per_kv == 0)
-        for (Index j = 0; j < n_keys; ++j) keys_t.col(j) = head_keys.row(j).transpose();
+      const ConstStridedRowMatrixMap<T> keys_t = head_keys_t(kv_head);
       for (Index first = 0; first < n_queries; first += query_block_rows) {
         const Index rows = std::min(query_block_rows, n_queries - first);
         Index widest = 0;  // the block never reads keys past the last one any of its queries sees
@@ -265,7 +300,6 @@ class Attention {
     arena.rewind(mark);
   }
 
- private:
   template <class Positions>
   void forward(MatrixCRef<T> x, const Positions& positions, std::span<const Index> offsets,
                MatrixRef<T> out, Arena<T>& arena) const {

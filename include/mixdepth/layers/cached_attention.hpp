@@ -51,9 +51,10 @@ class CachedAttention {
       cache_->append_unchecked(b, keys, values, first, count,
                                in.positions.subspan(std::size_t(first), std::size_t(count)));
       // Q doubles as the context buffer: attend reads a query block before writing it.
-      attention_->attend_unchecked(queries.middleRows(first, count), positions.subspan(first, count),
-                                   cache_->keys(b), cache_->values(b), detail::PositionList{cache_->positions(b)},
-                                   queries.middleRows(first, count), *scratch);
+      attention_->attend_by_feature_unchecked(queries.middleRows(first, count), positions.subspan(first, count),
+                                              cache_->keys_by_feature(b), cache_->values(b),
+                                              detail::PositionList{cache_->positions(b)},
+                                              queries.middleRows(first, count), *scratch);
     }
     mixdepth::detail::product(out, queries, attention_->weights().output, scratch.get());
   }
