@@ -184,8 +184,8 @@ class Decoder {
   // decisions, however the sequence is split into prefill and steps: a step's one-row
   // products run through the same kernel as the forward's many-row ones (each coefficient
   // depends only on its row and column; the predictor's output layer included), attention
-  // scores a decoding query with the same products (the cached keys transposed, as the
-  // forward transposes them) and softmax, and element-wise functions see every row start on
+  // scores a decoding query with the same products (over the cache's keys by feature, the
+  // transpose the forward makes of its keys) and softmax, and element-wise functions see every row start on
   // a cache line (Arena::aligned_rows). (A NaN's sign may differ, and a value that is
   // infinite in some cached token makes the forward add masked rows one by one.)
   // Does not touch the caches. On any error y and layer_inputs are left as they were.
