@@ -104,7 +104,8 @@ void BM_Decode_MoD(benchmark::State& state) { run(state, true); }
 // One layer's attention for one decoded token: CachedAttention (projections, the append to
 // the cache, attention over `context` cached tokens plus itself, output projection), then a
 // truncation back to `context`. d = 512, 8 query heads of 64, range(1) KV heads. The new
-// token cycles through a pool of 64. Counter flops: as in layer_step_flops, attention only.
+// token cycles through a pool of 64. Counter flops: the attention sub-layer's part of
+// layer_step_flops (its four projections and the attention itself).
 void BM_Decode_Attention(benchmark::State& state) {
   const Index context = state.range(0), kv = state.range(1);
   const layers::AttentionConfig c{.d_model = d_model, .n_heads = heads, .n_kv_heads = kv, .head_dim = head_dim};

@@ -198,6 +198,18 @@ TEST_CASE_TEMPLATE("KvCache: appends keep every key, by token and by feature, th
   want_positions[0].resize(1);
   append(0, 5, 1, 7);
   CHECK(holds_what_was_appended());
+  // Appends of several cache lines of tokens at once, starting at an odd offset.
+  const RowMatrix<T> many_keys = random_matrix<T>(4 * line, width, 83);
+  const RowMatrix<T> many_values = random_matrix<T>(4 * line, width, 84);
+  std::vector<Position> many_positions(static_cast<std::size_t>(2 * line + 3));
+  for (std::size_t j = 0; j < many_positions.size(); ++j) many_positions[j] = Position(100 + j);
+  cache.check_append("test", 1, 2 * line + 3, many_positions);
+  cache.append_unchecked(1, many_keys, many_values, 5, 2 * line + 3, many_positions);
+  const auto& k1 = want_keys[1];
+  RowMatrix<T> both(k1.rows() + 2 * line + 3, width);
+  both << k1, many_keys.middleRows(5, 2 * line + 3);
+  CHECK(bit_equal(RowMatrix<T>(cache.keys(1)), both));
+  CHECK(bit_equal(RowMatrix<T>(cache.keys_by_feature(1)), RowMatrix<T>(both.transpose())));
   CHECK(cache.keys_by_feature(0).outerStride() == cache.key_stride());
 }
 

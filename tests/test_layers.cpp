@@ -537,6 +537,34 @@ TEST_CASE("Attention rejects bad configs, weights and routed input, naming the a
                      attention.attend(queries, query_at, keys, values, unsorted, context);
                    }),
                    {"Attention::attend", "key_positions[1]"});
+  const std::vector<Position> sorted{0, 1, 2};
+  RowMatrix<float> by_feature(16, 3), wrong_rows(15, 3);
+  context.setConstant(7.0f);
+  require_mentions(error_message([&] {
+                     attention.attend_by_feature(queries, query_at, wrong_rows, values, sorted, context);
+                   }),
+                   {"Attention::attend_by_feature", "keys_by_feature.rows()", "expected 16", "got 15"});
+  require_mentions(error_message([&] {
+                     attention.attend_by_feature(queries, query_at, by_feature, values.topRows(2), sorted, context);
+                   }),
+                   {"values.rows()", "expected 3", "got 2"});
+  const Eigen::Map<const RowMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>> crowded(
+      by_feature.data(), 16, 3, Eigen::OuterStride<>(2));
+  require_mentions(error_message([&] {
+                     attention.attend_by_feature(queries, query_at, crowded, values, sorted, context);
+                   }),
+                   {"keys_by_feature.outerStride()", ">= keys_by_feature.cols() (3)", "got 2"});
+  require_mentions(error_message([&] {
+                     attention.attend_by_feature(queries, query_at, by_feature, values, unsorted, context);
+                   }),
+                   {"Attention::attend_by_feature", "key_positions[1]"});
+  RowMatrix<float> shared(32, 3);
+  require_mentions(error_message([&] {
+                     attention.attend_by_feature(queries, query_at, shared.topRows(16), values, sorted,
+                                                 Eigen::Map<RowMatrix<float>>(shared.data(), 2, 32));
+                   }),
+                   {"context", "memory disjoint", "overlapping"});
+  CHECK((context.array() == 7.0f).all());  // nothing written before a check failed
 }
 
 TEST_CASE("sequential() rejects an MLP narrower than its attention before any forward") {
@@ -603,6 +631,59 @@ TEST_CASE_TEMPLATE("project, attend and project_output reproduce a forward and d
   const std::span<const Position> first_four(positions.data(), 4);
   attention.attend(new_query, between, keys.topRows(4), values.topRows(4), first_four, context_prefix);
   CHECK(testing::bit_equal(context_between, context_prefix));
+
+  // The keys given by feature (as KvCache holds them), rows padded apart: the same bits.
+  RowMatrix<T> padded = RowMatrix<T>::Constant(kv_width, 9, T(1e30));
+  padded.leftCols(6) = keys.transpose();
+  const Eigen::Map<const RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>> by_feature(
+      padded.data(), kv_width, 6, Eigen::OuterStride<>(9));
+  RowMatrix<T> context_by_feature(1, q_width);
+  attention.attend_by_feature(new_query, newest, by_feature, values, positions, context_by_feature);
+  attention.attend(new_query, newest, keys, values, positions, context);
+  CHECK(testing::bit_equal(context_by_feature, context));
+  attention.attend_by_feature(new_query, between, by_feature, values, positions, context_by_feature);
+  CHECK(testing::bit_equal(context_by_feature, context_between));
+}
+
+TEST_CASE_TEMPLATE("CachedAttention over an empty cache equals Attention bit for bit, in one "
+                   "prefill or in chunks, for several KV head counts", T, float, double) {
+  // Over 64 queries (more than one query block) and longer than a cache line of tokens, so
+  // the cache's appends by feature run several lines; batch 2 with interleaved positions.
+  const Index n = 150, batch = 2, chunk = 37;
+  for (Index kv_heads : {1, 2, 6}) {
+    CAPTURE(kv_heads);
+    const AttentionConfig config{24, 6, kv_heads, 4, 10000.0, 1e-6};
+    const auto attention = Attention<T>::random(config, 71 + std::uint64_t(kv_heads));
+    const RowMatrix<T> x = random_matrix<T>(batch * n, 24, 72);
+    std::vector<Position> positions;
+    for (Index b = 0; b < batch; ++b)
+      for (Index i = 0; i < n; ++i) positions.push_back(Position(3 * i + b));
+    const std::vector<Index> offsets{0, n, 2 * n};
+    RowMatrix<T> want(batch * n, 24);
+    attention(Routed<T>{x, positions, offsets, nullptr}, want);
+
+    KvCache<T> whole_cache(batch, config.kv_width(), n);
+    RowMatrix<T> whole(batch * n, 24);
+    layers::CachedAttention<T>(attention, whole_cache)(Routed<T>{x, positions, offsets, nullptr}, whole);
+    CHECK(testing::bit_equal(whole, want));
+
+    KvCache<T> chunk_cache(batch, config.kv_width(), n);
+    const layers::CachedAttention<T> chunked(attention, chunk_cache);
+    RowMatrix<T> pieces(batch * n, 24);
+    for (Index first = 0; first < n; first += chunk) {
+      const Index count = std::min(chunk, n - first);
+      RowMatrix<T> xs(batch * count, 24), ys(batch * count, 24);
+      std::vector<Position> ps;
+      for (Index b = 0; b < batch; ++b) {
+        xs.middleRows(b * count, count) = x.middleRows(b * n + first, count);
+        ps.insert(ps.end(), positions.begin() + b * n + first, positions.begin() + b * n + first + count);
+      }
+      const std::vector<Index> chunk_offsets{0, count, 2 * count};
+      chunked(Routed<T>{xs, ps, chunk_offsets, nullptr}, ys);
+      for (Index b = 0; b < batch; ++b) pieces.middleRows(b * n + first, count) = ys.middleRows(b * count, count);
+    }
+    CHECK(testing::bit_equal(pieces, want));
+  }
 }
 
 TEST_CASE_TEMPLATE("Block(router, capacity, sequential(attention, mlp)) computes Eq. 1", T, float,

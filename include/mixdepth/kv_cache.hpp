@@ -7,7 +7,9 @@
 // Keys are stored by feature: for each sequence a [width, stride] row-major array whose row
 // f holds feature f of every cached token, so one KV head's keys are already the transposed
 // operand of its attention scores (a decode step's query times them reads rows in place).
-// keys(b) views them as the usual [tokens, width] matrix. Values are stored by token.
+// keys(b) views them as the usual [tokens, width] matrix, column-major and strided (not a
+// row-major block: pass keys_by_feature(b) to Attention::attend_by_feature to read them in
+// place). Values are stored by token.
 #include <algorithm>
 #include <cstring>
 #include <span>
@@ -79,8 +81,9 @@ class KvCache {
   }
   std::size_t token_bytes() const { return 2 * std::size_t(width_) * sizeof(T) + sizeof(Position); }
 
-  // Room for `capacity` tokens per sequence; keeps what is stored. Never shrinks. If an
-  // allocation throws, the cache is as it was.
+  // Room for `capacity` tokens per sequence; keeps what is stored. Never shrinks. Builds the
+  // grown cache beside the old one (the peak holds both), so if an allocation throws, the
+  // cache is as it was.
   void reserve(Index capacity) {
     if (capacity < 0) detail::fail("KvCache::reserve", "capacity", ">= 0", capacity);
     if (capacity <= capacity_) return;
@@ -143,7 +146,7 @@ class KvCache {
     auto& s = sequences_[std::size_t(b)];
     // Keys go in by feature, a cache line of tokens at a time: the rows read stay in L1
     // while each feature's run of them is written.
-    constexpr Index run = Index(64 / sizeof(T) > 0 ? 64 / sizeof(T) : 1);
+    constexpr Index run = Index(Arena<T>::alignment / sizeof(T) > 0 ? Arena<T>::alignment / sizeof(T) : 1);
     for (Index j0 = 0; j0 < count; j0 += run) {
       const Index n = std::min(run, count - j0);
       for (Index f = 0; f < width_; ++f) {

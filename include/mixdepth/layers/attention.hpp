@@ -146,6 +146,38 @@ class Attention {
                      context, *arena);
   }
 
+  // Step 2 over keys given by feature, [kv_width, nk] (KvCache::keys_by_feature(b): row f is
+  // feature f of every key, rows outerStride() apart), read in place: the same results as
+  // attend() over their transpose, bit for bit, without transposing each KV head's keys into
+  // scratch. context must not overlap keys_by_feature or values.
+  void attend_by_feature(MatrixCRef<T> queries, std::span<const Position> query_positions,
+                         MatrixCRef<T> keys_by_feature, MatrixCRef<T> values,
+                         std::span<const Position> key_positions, MatrixRef<T> context,
+                         Arena<T>* scratch = nullptr) const {
+    constexpr std::string_view where = "Attention::attend_by_feature";
+    const Index nq = queries.rows(), nk = keys_by_feature.cols();
+    require_shape(where, "queries", queries, nq, config_.query_width());
+    detail::require_equal(where, "query_positions.size()", nq,
+                          static_cast<Index>(query_positions.size()));
+    require_shape(where, "keys_by_feature", keys_by_feature, config_.kv_width(), nk);
+    if (keys_by_feature.rows() > 1 && keys_by_feature.outerStride() < nk)
+      detail::fail(where, "keys_by_feature.outerStride()",
+                   ">= keys_by_feature.cols() (" + std::to_string(nk) + ")", keys_by_feature.outerStride());
+    require_shape(where, "values", values, nk, config_.kv_width());
+    detail::require_equal(where, "key_positions.size()", nk, static_cast<Index>(key_positions.size()));
+    require_shape(where, "context", context, nq, config_.query_width());
+    const detail::PositionList keys_at{key_positions};
+    detail::require_nondecreasing(where, "key_positions", keys_at, 0, nk);
+    if (mixdepth::detail::overlaps(context, keys_by_feature) || mixdepth::detail::overlaps(context, values))
+      detail::fail(where, "context", "memory disjoint from keys_by_feature and values", "overlapping");
+    mixdepth::detail::ScratchScope<T> arena(scratch);
+    attend_by_feature_unchecked(
+        queries, detail::PositionList{query_positions},
+        ConstStridedRowMatrixMap<T>(keys_by_feature.data(), keys_by_feature.rows(), nk,
+                                    Eigen::OuterStride<>(keys_by_feature.outerStride())),
+        values, keys_at, context, *arena);
+  }
+
   // Step 3. out [n, d_model] = context W_output. out must not overlap context. With scratch,
   // the product's packing buffers come from it (no heap allocation once it has grown);
   // without, from a local arena, which allocates.
@@ -204,8 +236,9 @@ class Attention {
     arena.rewind(mark);
   }
 
-  // Keys by feature, [kv_width, n_keys] (KvCache::keys_by_feature): the score products read
-  // each KV head's rows in place. The results are those of attend_unchecked, bit for bit.
+  // Keys by feature, [kv_width, n_keys] (KvCache::keys_by_feature), rows at least n_keys
+  // apart: the score products read each KV head's rows in place. The results are those of
+  // attend_unchecked, bit for bit.
   template <class QueryPositions, class KeyPositions>
   void attend_by_feature_unchecked(MatrixCRef<T> queries, const QueryPositions& query_positions,
                                    ConstStridedRowMatrixMap<T> keys_by_feature, MatrixCRef<T> values,

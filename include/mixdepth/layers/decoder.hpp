@@ -185,9 +185,10 @@ class Decoder {
   // products run through the same kernel as the forward's many-row ones (each coefficient
   // depends only on its row and column; the predictor's output layer included), attention
   // scores a decoding query with the same products (over the cache's keys by feature, the
-  // transpose the forward makes of its keys) and softmax, and element-wise functions see every row start on
-  // a cache line (Arena::aligned_rows). (A NaN's sign may differ, and a value that is
-  // infinite in some cached token makes the forward add masked rows one by one.)
+  // transpose the forward makes of its keys) and softmax, and element-wise functions see
+  // every row start on a cache line (Arena::aligned_rows). (A NaN's sign may differ, and a
+  // value that is infinite in some cached token makes the forward add masked rows one by
+  // one.)
   // Does not touch the caches. On any error y and layer_inputs are left as they were.
   void forward(MatrixCRef<T> x, Shape shape, MatrixRef<T> y, Routing routing, std::span<const Index> lengths = {},
                std::vector<RowMatrix<T>>* layer_inputs = nullptr) {
