@@ -149,7 +149,7 @@ class Attention {
   // Step 2 over keys given by feature, [kv_width, nk] (KvCache::keys_by_feature(b): row f is
   // feature f of every key, rows outerStride() apart), read in place: the same results as
   // attend() over their transpose, bit for bit, without transposing each KV head's keys into
-  // scratch. context must not overlap keys_by_feature or values.
+  // scratch. context may be queries itself, but must not overlap keys_by_feature or values.
   void attend_by_feature(MatrixCRef<T> queries, std::span<const Position> query_positions,
                          MatrixCRef<T> keys_by_feature, MatrixCRef<T> values,
                          std::span<const Position> key_positions, MatrixRef<T> context,
