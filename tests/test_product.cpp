@@ -7,6 +7,8 @@
 
 #include <mixdepth/product.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <utility>
 
@@ -105,6 +107,22 @@ TEST_CASE("Arena: a moved-from arena is empty and usable; the moved-to one keeps
   CHECK(assigned.capacity() >= 5100);
   CHECK(moved.capacity() == 0);
   CHECK(aligned(moved.take(7).data()));
+}
+
+TEST_CASE("Arena: in the test build every new chunk starts as NaN, the merged one after reset() too") {
+  // The suite's guard against code that reads scratch before writing it: such a result then
+  // carries a NaN instead of a zero that happened to be there (MIXDEPTH_POISON_SCRATCH).
+#ifndef MIXDEPTH_POISON_SCRATCH
+  FAIL("the tests must be built with MIXDEPTH_POISON_SCRATCH (tests/CMakeLists.txt)");
+#endif
+  auto all_nan = [](auto span) { return std::all_of(span.begin(), span.end(), [](auto v) { return std::isnan(v); }); };
+  Arena<float> floats;
+  CHECK(all_nan(floats.take(100)));
+  CHECK(all_nan(floats.take(5000)));  // a second chunk
+  floats.reset();                      // one merged chunk, new
+  CHECK(all_nan(floats.take(5100)));
+  Arena<double> doubles;
+  CHECK(all_nan(doubles.take(33)));
 }
 
 TEST_CASE("product() gives the same bits with the caller's arena and without one") {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <span>
@@ -131,7 +132,16 @@ class Arena {
     Index size = 0;
     static Chunk make(Index size) {
       Chunk c;
-      c.storage = std::make_unique<std::byte[]>(static_cast<std::size_t>(size) * sizeof(T) + alignment);
+      const std::size_t bytes = static_cast<std::size_t>(size) * sizeof(T) + alignment;
+      // Left uninitialised, as take() promises nothing of the contents: zeroing would write
+      // (and fault in) the whole chunk up front, and the chunk that reset() merges after a
+      // long prefill can be hundreds of megabytes of which a decode step touches a little.
+      c.storage = std::make_unique_for_overwrite<std::byte[]>(bytes);
+#ifdef MIXDEPTH_POISON_SCRATCH
+      // For tests: all-ones bytes, a NaN in every float and double, so that a result which
+      // read scratch before writing it is wrong rather than accidentally zero.
+      std::memset(c.storage.get(), 0xFF, bytes);
+#endif
       const auto address = reinterpret_cast<std::uintptr_t>(c.storage.get());
       c.data = reinterpret_cast<T*>((address + alignment - 1) / alignment * alignment);
       c.size = size;
