@@ -1,6 +1,7 @@
 // Row kernels beside the contiguous operation on the same bytes: gather of k routed rows
 // (random ascending positions in a sequence of S rows, as MoD selects them) beside one memcpy
-// of k*d floats, and the in-place gated scatter-add beside a contiguous y += a x.
+// of k*d floats (and one vector loop over them), and the in-place gated scatter-add beside a
+// contiguous y += a x.
 #include <benchmark/benchmark.h>
 
 #include <mixdepth/mixdepth.hpp>
@@ -66,6 +67,38 @@ void BM_Memcpy(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * std::int64_t(k) * d * std::int64_t(sizeof(float)));
 }
 
+// The same contiguous bytes as BM_Memcpy through one loop of vector loads and aligned stores,
+// four batches an iteration, as the gather's inner loop copies a row: what vector stores
+// reach where memcpy takes `rep movsb` (glibc does above about 2 KiB). The gather is made of
+// such loops, so this bounds it from above on a CPU where the string copy is the faster one.
+void BM_VectorCopy(benchmark::State& state) {
+  const int k = int(state.range(0)), d = int(state.range(1));
+  using batch = xsimd::batch<float>;
+  constexpr std::size_t step = 4 * batch::size;
+  const std::size_t n = std::size_t(k) * std::size_t(d);
+  if (n % step != 0) {
+    state.SkipWithError("k * d must be a whole number of 4-batch steps");
+    return;
+  }
+  const auto src = filled(std::size_t(source_rows) * std::size_t(d), 1.5f);
+  auto dst = filled(n, 0.f);
+  for (auto _ : state) {
+    const float* in = src.data();
+    float* out = dst.data();
+    for (std::size_t c = 0; c < n; c += step) {
+      const batch a0 = batch::load_aligned(in + c), a1 = batch::load_aligned(in + c + batch::size);
+      const batch a2 = batch::load_aligned(in + c + 2 * batch::size), a3 = batch::load_aligned(in + c + 3 * batch::size);
+      a0.store_aligned(out + c);
+      a1.store_aligned(out + c + batch::size);
+      a2.store_aligned(out + c + 2 * batch::size);
+      a3.store_aligned(out + c + 3 * batch::size);
+    }
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * std::int64_t(n) * std::int64_t(sizeof(float)));
+}
+
 // y.row(rows[j]) += g_j * update.row(j), in place, as Block's forward_inplace does.
 void BM_ScatterAdd(benchmark::State& state) {
   const int k = int(state.range(0)), d = int(state.range(1));
@@ -108,5 +141,6 @@ void row_sizes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_Gather)->Apply(row_sizes);
 BENCHMARK(BM_Memcpy)->Apply(row_sizes);
+BENCHMARK(BM_VectorCopy)->Apply(row_sizes);
 BENCHMARK(BM_ScatterAdd)->Apply(row_sizes);
 BENCHMARK(BM_Axpy)->Apply(row_sizes);
