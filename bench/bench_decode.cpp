@@ -10,7 +10,9 @@
 
 #include <mixdepth/mixdepth.hpp>
 
+#include <cmath>
 #include <memory>
+#include <vector>
 
 namespace {
 
@@ -133,8 +135,50 @@ void BM_Decode_Attention(benchmark::State& state) {
   state.counters["flops"] = projections + 2.0 * 2.0 * heads * head_dim * double(context + 1);
 }
 
+// The baseline beside BM_Decode_Attention: the same step with the attention written directly
+// in Eigen over a cache that keeps each token's keys and values in a row ([tokens, kv_width],
+// as a plain implementation would). Attention::project for the new token (mixdepth's, as in
+// the step above, so the ratio is the attention's), its keys and values copied into the next
+// row, then per query head a matrix-vector product for the scores, a softmax and one for the
+// context, and the output projection. Every cached token is visible, so it applies no mask.
+void BM_Decode_Attention_Eigen(benchmark::State& state) {
+  const Index context = state.range(0), kv = state.range(1);
+  const layers::AttentionConfig c{.d_model = d_model, .n_heads = heads, .n_kv_heads = kv, .head_dim = head_dim};
+  const auto attention = layers::Attention<float>::random(c, 2026);
+  const Index tokens = context + 1, group = heads / kv;
+  RowMatrix<float> keys = RowMatrix<float>::Random(tokens, c.kv_width());
+  RowMatrix<float> values = RowMatrix<float>::Random(tokens, c.kv_width());
+  Arena<float> scratch;
+  const RowMatrix<float> pool = RowMatrix<float>::Random(pool_size, d_model);
+  const std::vector<Position> step_position{Position(context)};
+  RowMatrix<float> query(1, c.query_width()), key(1, c.kv_width()), value(1, c.kv_width());
+  RowMatrix<float> context_row(1, c.query_width()), out(1, d_model);
+  Eigen::VectorXf scores(tokens), head_context(head_dim);
+  const float scale = 1.f / std::sqrt(float(head_dim));
+  Index i = 0;
+  for (auto _ : state) {
+    attention.project(pool.row(i++ % pool_size), step_position, query, key, value, &scratch);
+    keys.row(context) = key.row(0);
+    values.row(context) = value.row(0);
+    for (Index h = 0; h < heads; ++h) {
+      const Index g = h / group;
+      scores.noalias() = keys.middleCols(g * head_dim, head_dim) *
+                         query.row(0).segment(h * head_dim, head_dim).transpose();
+      scores *= scale;
+      scores = (scores.array() - scores.maxCoeff()).exp().matrix();
+      head_context.noalias() = values.middleCols(g * head_dim, head_dim).transpose() * scores;
+      context_row.row(0).segment(h * head_dim, head_dim) = head_context.transpose() / scores.sum();
+    }
+    out.noalias() = context_row * attention.weights().output;
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double projections = 2.0 * d_model * (2.0 * heads * head_dim + 2.0 * kv * head_dim);
+  state.counters["flops"] = projections + 2.0 * 2.0 * heads * head_dim * double(context + 1);
+}
+
 }  // namespace
 
 BENCHMARK(BM_Decode_Dense)->Arg(1024)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Decode_MoD)->Arg(1024)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Decode_Attention)->ArgsProduct({{1024, 8192}, {2, 8}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Decode_Attention_Eigen)->ArgsProduct({{1024, 8192}, {2, 8}})->Unit(benchmark::kMicrosecond);
