@@ -645,6 +645,54 @@ TEST_CASE_TEMPLATE("project, attend and project_output reproduce a forward and d
   CHECK(testing::bit_equal(context_by_feature, context_between));
 }
 
+TEST_CASE_TEMPLATE("attend: a query alone (its KV head's query heads scored together) gets the "
+                   "bits it gets inside a block of queries", T, float, double) {
+  // A block of several queries scores head by head; one query alone scores each KV head's
+  // group of query heads as the rows of one product. Head widths of a whole AVX-512 panel
+  // and less, key counts across vector, panel (64 floats) and depth-block (512) boundaries,
+  // queries that see every key and queries that see only a prefix.
+  struct Case {
+    Index heads, kv_heads, head_dim;
+  };
+  std::uint64_t seed = 900;
+  for (const Case c : {Case{8, 2, 64}, Case{8, 1, 16}, Case{6, 3, 8}, Case{4, 4, 64}, Case{16, 2, 64}})
+    for (const Index n_keys : {Index(1), Index(17), Index(64), Index(130), Index(1100)}) {
+      CAPTURE(c.heads);
+      CAPTURE(c.kv_heads);
+      CAPTURE(c.head_dim);
+      CAPTURE(n_keys);
+      const AttentionConfig config{8, c.heads, c.kv_heads, c.head_dim, 10000.0, 1e-6};
+      const auto attention = Attention<T>::random(config, ++seed);
+      const Index q_width = config.query_width(), kv_width = config.kv_width();
+      const RowMatrix<T> keys = random_matrix<T>(n_keys, kv_width, ++seed);
+      const RowMatrix<T> values = random_matrix<T>(n_keys, kv_width, ++seed);
+      std::vector<Position> key_at(static_cast<std::size_t>(n_keys));
+      for (Index j = 0; j < n_keys; ++j) key_at[std::size_t(j)] = Position(2 * j);
+      // Query 2 sees no key; query 3 the first key only; query 4 about half of them.
+      const std::vector<Position> query_at{Position(2 * n_keys), Position(2 * n_keys + 5), Position(0) - 1, 0,
+                                           Position(n_keys), Position(2 * n_keys - 1)};
+      const Index n_queries = Index(query_at.size());
+      const RowMatrix<T> queries = random_matrix<T>(n_queries, q_width, ++seed);
+      RowMatrix<T> together(n_queries, q_width);
+      attention.attend(queries, query_at, keys, values, key_at, together);
+      RowMatrix<T> by_feature = keys.transpose();
+      for (Index r = 0; r < n_queries; ++r) {
+        CAPTURE(r);
+        const std::span<const Position> at(query_at.data() + r, 1);
+        RowMatrix<T> alone(1, q_width), alone_by_feature(1, q_width);
+        attention.attend(queries.row(r), at, keys, values, key_at, alone);
+        CHECK(testing::bit_equal(alone, together.row(r)));
+        attention.attend_by_feature(queries.row(r), at, by_feature, values, key_at, alone_by_feature);
+        CHECK(testing::bit_equal(alone_by_feature, together.row(r)));
+      }
+      CHECK(together.row(2).isZero(0));
+      // Context in place of the queries, as the layer's forward has it.
+      RowMatrix<T> in_place = queries.row(0);
+      attention.attend(in_place, std::span<const Position>(query_at.data(), 1), keys, values, key_at, in_place);
+      CHECK(testing::bit_equal(in_place, together.row(0)));
+    }
+}
+
 TEST_CASE_TEMPLATE("CachedAttention over an empty cache equals Attention bit for bit, in one "
                    "prefill or in chunks, for several KV head counts", T, float, double) {
   // Over 64 queries (more than one query block) and longer than a cache line of tokens, so

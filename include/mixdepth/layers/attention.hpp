@@ -259,7 +259,9 @@ class Attention {
 
  private:
   // Every query head over its KV head's keys, given transposed by head_keys_t(kv_head) as
-  // [head_dim, n_keys] (n_keys >= 1, at least one query).
+  // [head_dim, n_keys] (n_keys >= 1, at least one query). Queries are scored a block of up to
+  // query_block_rows at a time, head by head; a block of one query (a decoding step) scores
+  // the heads of a KV head's group together instead (attend_group).
   template <class QueryPositions, class HeadKeysT, class KeyPositions>
   void attend_heads(MatrixCRef<T> queries, const QueryPositions& query_positions, Index n_keys,
                     HeadKeysT& head_keys_t, MatrixCRef<T> values, const KeyPositions& key_positions,
@@ -269,7 +271,11 @@ class Attention {
     const Index heads_per_kv = config_.n_heads / config_.n_kv_heads;
     const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(head_dim)));
     const auto mark = arena.mark();
-    T* score_storage = arena.take(std::min(n_queries, query_block_rows) * Arena<T>::aligned_stride(n_keys)).data();
+    // Rows of scores: a block's queries, or a group's heads when the last block (or the only
+    // one) has one query.
+    const Index score_rows = std::max(std::min(n_queries, query_block_rows),
+                                      n_queries % query_block_rows == 1 ? heads_per_kv : Index(0));
+    T* score_storage = arena.take(score_rows * Arena<T>::aligned_stride(n_keys)).data();
     std::array<Index, query_block_rows> visible{};  // keys each query of the block may see
     std::array<T, query_block_rows> inverse_sum{};  // 1 / its softmax denominator
     // Whether every value is finite, found out once, by the first block with keys that only
@@ -282,9 +288,9 @@ class Attention {
       return values_finite == Finite::yes || masked.allFinite();
     };
 
-    for (Index head = 0; head < config_.n_heads; ++head) {
-      const Index kv_head = head / heads_per_kv;
+    for (Index kv_head = 0; kv_head < config_.n_kv_heads; ++kv_head) {
       const ConstStridedRowMatrixMap<T> keys_t = head_keys_t(kv_head);
+      const auto kv_values = values.block(0, kv_head * head_dim, n_keys, head_dim);
       for (Index first = 0; first < n_queries; first += query_block_rows) {
         const Index rows = std::min(query_block_rows, n_queries - first);
         Index widest = 0;  // the block never reads keys past the last one any of its queries sees
@@ -294,42 +300,80 @@ class Attention {
           widest = std::max(widest, visible[std::size_t(r)]);
           narrowest = std::min(narrowest, visible[std::size_t(r)]);
         }
-        auto context_block = context.block(first, head * head_dim, rows, head_dim);
-        if (widest == 0) {
-          context_block.setZero();
+        if (rows == 1) {
+          attend_group(queries.row(first).data() + kv_head * heads_per_kv * head_dim, keys_t.leftCols(widest),
+                       kv_values.topRows(widest), scale, score_storage,
+                       context.row(first).data() + kv_head * heads_per_kv * head_dim, arena);
           continue;
         }
-        // Every row of scores starts on a cache line, as a decoding step's single row does:
-        // the softmax's vectorised exp then rounds each score as it would in any other row.
-        StridedRowMatrixMap<T> scores(score_storage, rows, widest, Eigen::OuterStride<>(Arena<T>::aligned_stride(widest)));
-        const auto query_block = queries.block(first, head * head_dim, rows, head_dim);
-        mixdepth::detail::product(scores, query_block, keys_t.leftCols(widest), &arena, scale);
-        for (Index r = 0; r < rows; ++r)
-          inverse_sum[std::size_t(r)] = softmax_numerators(scores.row(r), visible[std::size_t(r)]);
-        const auto head_values = values.block(0, kv_head * head_dim, widest, head_dim);
-        if (narrowest == widest || masked_values_finite(head_values.middleRows(narrowest, widest - narrowest))) {
-          // The masked weights are exact zeros, and 0 * a finite value adds nothing.
-          mixdepth::detail::product(context_block, scores, head_values, &arena);
-        } else {
-          // 0 * inf is NaN: a non-finite value of a key that only some of these queries see
-          // would reach the others across the causal mask. The keys all of them see go
-          // through the product, the rest row by row.
-          if (narrowest > 0)
-            mixdepth::detail::product(context_block, scores.leftCols(narrowest), head_values.topRows(narrowest), &arena);
-          else
+        for (Index head = kv_head * heads_per_kv; head < (kv_head + 1) * heads_per_kv; ++head) {
+          auto context_block = context.block(first, head * head_dim, rows, head_dim);
+          if (widest == 0) {
             context_block.setZero();
+            continue;
+          }
+          // Every row of scores starts on a cache line, as a decoding step's single row does:
+          // the softmax's vectorised exp then rounds each score as it would in any other row.
+          StridedRowMatrixMap<T> scores(score_storage, rows, widest, Eigen::OuterStride<>(Arena<T>::aligned_stride(widest)));
+          const auto query_block = queries.block(first, head * head_dim, rows, head_dim);
+          mixdepth::detail::product(scores, query_block, keys_t.leftCols(widest), &arena, scale);
           for (Index r = 0; r < rows; ++r)
-            for (Index j = narrowest; j < visible[std::size_t(r)]; ++j)
-              context_block.row(r) += scores(r, j) * head_values.row(j);
-        }
-        for (Index r = 0; r < rows; ++r) {
-          if (visible[std::size_t(r)] == 0)
-            context_block.row(r).setZero();
-          else
-            context_block.row(r) *= inverse_sum[std::size_t(r)];
+            inverse_sum[std::size_t(r)] = softmax_numerators(scores.row(r), visible[std::size_t(r)]);
+          const auto head_values = kv_values.topRows(widest);
+          if (narrowest == widest || masked_values_finite(head_values.middleRows(narrowest, widest - narrowest))) {
+            // The masked weights are exact zeros, and 0 * a finite value adds nothing.
+            mixdepth::detail::product(context_block, scores, head_values, &arena);
+          } else {
+            // 0 * inf is NaN: a non-finite value of a key that only some of these queries see
+            // would reach the others across the causal mask. The keys all of them see go
+            // through the product, the rest row by row.
+            if (narrowest > 0)
+              mixdepth::detail::product(context_block, scores.leftCols(narrowest), head_values.topRows(narrowest), &arena);
+            else
+              context_block.setZero();
+            for (Index r = 0; r < rows; ++r)
+              for (Index j = narrowest; j < visible[std::size_t(r)]; ++j)
+                context_block.row(r) += scores(r, j) * head_values.row(j);
+          }
+          for (Index r = 0; r < rows; ++r) {
+            if (visible[std::size_t(r)] == 0)
+              context_block.row(r).setZero();
+            else
+              context_block.row(r) *= inverse_sum[std::size_t(r)];
+          }
         }
       }
     }
+    arena.rewind(mark);
+  }
+
+  // One query over the `visible` keys and values it sees (keys_t [head_dim, visible] and
+  // values [visible, head_dim] of one KV head), for every query head of that KV head's group
+  // at once: the group's heads lie side by side in the query's row, so they are the rows of
+  // one product (row stride head_dim), and its context the rows of another. The keys and
+  // values then stream through once for the group rather than once per head. The product
+  // gives each row the bits it has alone (kernels/gemm.hpp), and each head's softmax is the
+  // one attend_heads applies to a block's row: the results are those of scoring each head on
+  // its own, bit for bit. `score_storage` holds heads_per_kv rows of aligned_stride(visible).
+  template <class HeadKeysT, class HeadValues>
+  void attend_group(const T* group_queries, const HeadKeysT& keys_t, const HeadValues& head_values,
+                    T scale, T* score_storage,
+                    T* group_context, Arena<T>& arena) const {
+    const Index heads = config_.n_heads / config_.n_kv_heads, head_dim = config_.head_dim;
+    const Index visible = keys_t.cols();
+    StridedRowMatrixMap<T> context(group_context, heads, head_dim, Eigen::OuterStride<>(head_dim));
+    if (visible == 0) {
+      context.setZero();
+      return;
+    }
+    const ConstStridedRowMatrixMap<T> query_rows(group_queries, heads, head_dim, Eigen::OuterStride<>(head_dim));
+    StridedRowMatrixMap<T> scores(score_storage, heads, visible, Eigen::OuterStride<>(Arena<T>::aligned_stride(visible)));
+    mixdepth::detail::product(scores, query_rows, keys_t, &arena, scale);
+    const auto mark = arena.mark();
+    T* inverse_sum = arena.take(heads).data();
+    for (Index h = 0; h < heads; ++h) inverse_sum[h] = softmax_numerators(scores.row(h), visible);
+    mixdepth::detail::product(context, scores, head_values, &arena);
+    for (Index h = 0; h < heads; ++h) context.row(h) *= inverse_sum[h];
     arena.rewind(mark);
   }
 
