@@ -5,10 +5,13 @@
 // pool of 64 and then rolls the caches back, so the context stays at 1024 tokens.
 // Counters: flops (expected operations of one step, from the routed fraction measured),
 // kv_bytes (cache bytes held after the prefill), routed (fraction of MoD-layer visits that
-// were routed during the run).
+// were routed during the run), allocs (heap allocations per step, every malloc counted, after
+// a warm-up step).
 #include <benchmark/benchmark.h>
 
 #include <mixdepth/mixdepth.hpp>
+
+#include "heap_counter.hpp"
 
 #include <cmath>
 #include <memory>
@@ -78,12 +81,14 @@ void run(benchmark::State& state, bool mod) {
   decoder.step(pool.row(0), out, Routing::predictor);  // warm-up
   decoder.restore(context_mark);
   const long visits_before = decoder.routed_layer_visits(), routed_before = decoder.routed_layer_routed();
+  const long heap_before = heap_counter::count();
   Index i = 0;
   for (auto _ : state) {
     decoder.step(pool.row(i++ % pool_size), out, Routing::predictor);
     benchmark::DoNotOptimize(out.data());
     decoder.restore(context_mark);
   }
+  state.counters["allocs"] = double(heap_counter::count() - heap_before) / double(state.iterations());
   const long visits = decoder.routed_layer_visits() - visits_before;
   const double routed = visits > 0 ? double(decoder.routed_layer_routed() - routed_before) / double(visits) : 1.0;
   double flops = 0;
@@ -106,8 +111,9 @@ void BM_Decode_MoD(benchmark::State& state) { run(state, true); }
 // One layer's attention for one decoded token: CachedAttention (projections, the append to
 // the cache, attention over `context` cached tokens plus itself, output projection), then a
 // truncation back to `context`. d = 512, 8 query heads of 64, range(1) KV heads. The new
-// token cycles through a pool of 64. Counter flops: the attention sub-layer's part of
-// layer_step_flops (its four projections and the attention itself).
+// token cycles through a pool of 64. Counters: flops, the attention sub-layer's part of
+// layer_step_flops (its four projections and the attention itself); allocs, heap
+// allocations per step after a warm-up step.
 void BM_Decode_Attention(benchmark::State& state) {
   const Index context = state.range(0), kv = state.range(1);
   const layers::AttentionConfig c{.d_model = d_model, .n_heads = heads, .n_kv_heads = kv, .head_dim = head_dim};
@@ -125,12 +131,16 @@ void BM_Decode_Attention(benchmark::State& state) {
   const RowMatrix<float> pool = RowMatrix<float>::Random(pool_size, d_model);
   const std::vector<Position> step_position{Position(context)};
   RowMatrix<float> out(1, d_model);
-  Index i = 0;
-  for (auto _ : state) {
-    cached(Routed<float>{pool.row(i++ % pool_size), step_position, step_offsets, &scratch}, out);
+  auto step = [&](Index token) {
+    cached(Routed<float>{pool.row(token % pool_size), step_position, step_offsets, &scratch}, out);
     benchmark::DoNotOptimize(out.data());
     cache.truncate(0, context);
-  }
+  };
+  step(0);  // warm-up
+  const long heap_before = heap_counter::count();
+  Index i = 0;
+  for (auto _ : state) step(i++);
+  state.counters["allocs"] = double(heap_counter::count() - heap_before) / double(state.iterations());
   const double projections = 2.0 * d_model * (2.0 * heads * head_dim + 2.0 * kv * head_dim);
   state.counters["flops"] = projections + 2.0 * 2.0 * heads * head_dim * double(context + 1);
 }
@@ -141,6 +151,7 @@ void BM_Decode_Attention(benchmark::State& state) {
 // the step above, so the ratio is the attention's), its keys and values copied into the next
 // row, then per query head a matrix-vector product for the scores, a softmax and one for the
 // context, and the output projection. Every cached token is visible, so it applies no mask.
+// Counters as BM_Decode_Attention's.
 void BM_Decode_Attention_Eigen(benchmark::State& state) {
   const Index context = state.range(0), kv = state.range(1);
   const layers::AttentionConfig c{.d_model = d_model, .n_heads = heads, .n_kv_heads = kv, .head_dim = head_dim};
@@ -155,9 +166,8 @@ void BM_Decode_Attention_Eigen(benchmark::State& state) {
   RowMatrix<float> context_row(1, c.query_width()), out(1, d_model);
   Eigen::VectorXf scores(tokens), head_context(head_dim);
   const float scale = 1.f / std::sqrt(float(head_dim));
-  Index i = 0;
-  for (auto _ : state) {
-    attention.project(pool.row(i++ % pool_size), step_position, query, key, value, &scratch);
+  auto step = [&](Index token) {
+    attention.project(pool.row(token % pool_size), step_position, query, key, value, &scratch);
     keys.row(context) = key.row(0);
     values.row(context) = value.row(0);
     for (Index h = 0; h < heads; ++h) {
@@ -171,7 +181,12 @@ void BM_Decode_Attention_Eigen(benchmark::State& state) {
     }
     out.noalias() = context_row * attention.weights().output;
     benchmark::DoNotOptimize(out.data());
-  }
+  };
+  step(0);  // warm-up
+  const long heap_before = heap_counter::count();
+  Index i = 0;
+  for (auto _ : state) step(i++);
+  state.counters["allocs"] = double(heap_counter::count() - heap_before) / double(state.iterations());
   const double projections = 2.0 * d_model * (2.0 * heads * head_dim + 2.0 * kv * head_dim);
   state.counters["flops"] = projections + 2.0 * 2.0 * heads * head_dim * double(context + 1);
 }
