@@ -180,6 +180,15 @@ TEST_CASE_TEMPLATE("KvCache: appends keep every key, by token and by feature, th
   CHECK(cache.last_position(0) == 6);
   cache.reserve(2);  // never shrinks
   CHECK(cache.capacity() == 3);
+  // A growth within the padding of the keys' rows: the stride, and so the keys, stay.
+  const T* keys_before = cache.keys_by_feature(0).data();
+  const T* values_before = cache.values(0).data();
+  cache.reserve(line);
+  CHECK(cache.capacity() == line);
+  CHECK(cache.key_stride() == Arena<T>::spread_stride(3));
+  CHECK(cache.keys_by_feature(0).data() == keys_before);
+  CHECK(cache.values(0).data() != values_before);
+  CHECK(holds_what_was_appended());
   cache.reserve(3 * line + 1);  // a new stride: the stored keys move with it
   CHECK(cache.key_stride() == Arena<T>::spread_stride(3 * line + 1));
   CHECK(cache.key_stride() == 5 * line);

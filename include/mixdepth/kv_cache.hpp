@@ -83,24 +83,30 @@ class KvCache {
 
   // Room for `capacity` tokens per sequence; keeps what is stored. Never shrinks. Builds the
   // grown cache beside the old one (the peak holds both), so if an allocation throws, the
-  // cache is as it was.
+  // cache is as it was. When key_stride() stays the same (a growth within the padding of
+  // its rows), the keys stay where they are: only values and positions move.
   void reserve(Index capacity) {
     if (capacity < 0) detail::fail("KvCache::reserve", "capacity", ">= 0", capacity);
     if (capacity <= capacity_) return;
     const Index stride = Arena<T>::spread_stride(capacity);
+    const bool keys_stay = stride == key_stride_;
     std::vector<Sequence> grown(sequences_.size());
     for (std::size_t b = 0; b < sequences_.size(); ++b) {
       const Sequence& s = sequences_[b];
       Sequence& g = grown[b];
-      g.keys.resize(std::size_t(stride * width_));
-      for (Index f = 0; f < width_; ++f)
-        std::copy_n(s.keys.data() + f * key_stride_, s.size, g.keys.data() + f * stride);
+      if (!keys_stay) {
+        g.keys.resize(std::size_t(stride * width_));
+        for (Index f = 0; f < width_; ++f)
+          std::copy_n(s.keys.data() + f * key_stride_, s.size, g.keys.data() + f * stride);
+      }
       g.values.resize(std::size_t(capacity * width_));
       std::copy_n(s.values.data(), s.size * width_, g.values.data());
       g.positions.resize(std::size_t(capacity));
       std::copy_n(s.positions.data(), s.size, g.positions.data());
       g.size = s.size;
     }
+    if (keys_stay)  // nothing throws from here on
+      for (std::size_t b = 0; b < sequences_.size(); ++b) grown[b].keys.swap(sequences_[b].keys);
     sequences_.swap(grown);
     capacity_ = capacity;
     key_stride_ = stride;
