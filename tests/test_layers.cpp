@@ -648,15 +648,17 @@ TEST_CASE_TEMPLATE("project, attend and project_output reproduce a forward and d
 TEST_CASE_TEMPLATE("attend: a query alone (its KV head's query heads scored together) gets the "
                    "bits it gets inside a block of queries", T, float, double) {
   // A block of several queries scores head by head; one query alone scores each KV head's
-  // group of query heads as the rows of one product. Head widths of a whole AVX-512 panel
-  // and less, key counts across vector, panel (64 floats) and depth-block (512) boundaries,
-  // queries that see every key and queries that see only a prefix.
+  // group of query heads as the rows of one product. Groups of 1 to 72 query heads (one
+  // tile strip of 6 rows, several, and more than a query block's 64 rows), head widths of a
+  // whole AVX-512 panel and less, key counts across vector, panel (64 floats), depth-block
+  // (512) and column-block (1536) boundaries, queries that see every key and queries that
+  // see only a prefix.
   struct Case {
     Index heads, kv_heads, head_dim;
   };
   std::uint64_t seed = 900;
-  for (const Case c : {Case{8, 2, 64}, Case{8, 1, 16}, Case{6, 3, 8}, Case{4, 4, 64}, Case{16, 2, 64}})
-    for (const Index n_keys : {Index(1), Index(17), Index(64), Index(130), Index(1100)}) {
+  for (const Case c : {Case{8, 2, 64}, Case{8, 1, 16}, Case{6, 3, 8}, Case{4, 4, 64}, Case{16, 2, 64}, Case{72, 1, 2}})
+    for (const Index n_keys : {Index(1), Index(17), Index(64), Index(130), Index(1100), Index(1600)}) {
       CAPTURE(c.heads);
       CAPTURE(c.kv_heads);
       CAPTURE(c.head_dim);
@@ -668,9 +670,10 @@ TEST_CASE_TEMPLATE("attend: a query alone (its KV head's query heads scored toge
       const RowMatrix<T> values = random_matrix<T>(n_keys, kv_width, ++seed);
       std::vector<Position> key_at(static_cast<std::size_t>(n_keys));
       for (Index j = 0; j < n_keys; ++j) key_at[std::size_t(j)] = Position(2 * j);
-      // Query 2 sees no key; query 3 the first key only; query 4 about half of them.
+      // Query 2 sees no key; query 3 the first key only; query 4 about half of them; query 5
+      // all but the last.
       const std::vector<Position> query_at{Position(2 * n_keys), Position(2 * n_keys + 5), Position(0) - 1, 0,
-                                           Position(n_keys), Position(2 * n_keys - 1)};
+                                           Position(n_keys), Position(2 * n_keys - 3)};
       const Index n_queries = Index(query_at.size());
       const RowMatrix<T> queries = random_matrix<T>(n_queries, q_width, ++seed);
       RowMatrix<T> together(n_queries, q_width);
@@ -690,6 +693,19 @@ TEST_CASE_TEMPLATE("attend: a query alone (its KV head's query heads scored toge
       RowMatrix<T> in_place = queries.row(0);
       attention.attend(in_place, std::span<const Position>(query_at.data(), 1), keys, values, key_at, in_place);
       CHECK(testing::bit_equal(in_place, together.row(0)));
+      // 65 queries: a block of 64, then a block of one (scored by group) in the same call.
+      if (n_keys == 130) {
+        std::vector<Position> many_at(65);
+        for (std::size_t r = 0; r < many_at.size(); ++r) many_at[r] = Position(4 * r) - 3;
+        const RowMatrix<T> many = random_matrix<T>(65, q_width, ++seed);
+        RowMatrix<T> many_context(65, q_width), alone(1, q_width);
+        attention.attend(many, many_at, keys, values, key_at, many_context);
+        for (const Index r : {Index(0), Index(1), Index(40), Index(63), Index(64)}) {
+          CAPTURE(r);
+          attention.attend(many.row(r), std::span<const Position>(many_at.data() + r, 1), keys, values, key_at, alone);
+          CHECK(testing::bit_equal(alone, many_context.row(r)));
+        }
+      }
     }
 }
 

@@ -54,7 +54,8 @@ template <class T>
 class Attention {
  public:
   // Queries are scored this many at a time: bounds the score scratch to
-  // query_block_rows x keys, and lets a block skip the keys none of its queries can see.
+  // query_block_rows x keys (or, for a block of one query, a KV head's query heads x keys),
+  // and lets a block skip the keys none of its queries can see.
   static constexpr Index query_block_rows = 64;
 
   // Throws mixdepth::Error naming the first config field or weight that does not fit.
@@ -84,9 +85,9 @@ class Attention {
   const RotaryEmbedding<T>& rotary() const { return rotary_; }
 
   // Block function: out = Attn(RMSNorm(in.x)) with each sequence of `in` attending within
-  // itself, causally by in.positions. Scratch (Q, K, V, normalised rows, one score block, one
-  // KV head's keys transposed)
-  // comes from in.scratch, or a local arena when it is null. out may be in.x itself.
+  // itself, causally by in.positions. Scratch (Q, K, V, normalised rows, one block of scores,
+  // one KV head's keys transposed) comes from in.scratch, or a local arena when it is null.
+  // out may be in.x itself.
   void operator()(const Routed<T>& in, MatrixRef<T> out) const {
     constexpr std::string_view where = "Attention";
     detail::check_routed(where, in, config_.d_model, out.rows(), out.cols());
