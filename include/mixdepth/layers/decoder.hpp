@@ -111,9 +111,10 @@ class Decoder {
   // dense layers, `routed_tokens` in MoD layers (a MoD layer caches only what it routed).
   // Allocates the caches. After it, a prefill allocates two buffers of its prompt's size (and
   // the workspace grows to its needs), and steps allocate nothing once one has run: only a
-  // context longer than the workspace has room for (thousands of tokens past the prompt at
-  // d = 512) grows its scratch once more, to double. Bad arguments throw before anything
-  // changes.
+  // context longer than the workspace has room for grows its scratch once more, to double
+  // (a step keeps one row of scores per query head of a KV head's group: at d = 512 with 4
+  // query heads to a KV head, thousands of tokens past the prompt; fewer with larger
+  // groups). Bad arguments throw before anything changes.
   void reset(Index batch, Index dense_tokens, Index routed_tokens) {
     constexpr std::string_view where = "Decoder::reset";
     if (batch < 1) detail::fail(where, "batch", ">= 1", batch);
