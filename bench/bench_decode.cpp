@@ -108,6 +108,20 @@ void run(benchmark::State& state, bool mod) {
 void BM_Decode_Dense(benchmark::State& state) { run(state, false); }
 void BM_Decode_MoD(benchmark::State& state) { run(state, true); }
 
+// The measured loop of the two decode-attention benchmarks: one warm-up step, then a step per
+// iteration (step(token) decodes pool token `token`), and their counters: allocs, heap
+// allocations per step; flops, the attention sub-layer's part of layer_step_flops.
+template <class Step>
+void time_attention_steps(benchmark::State& state, Step& step, Index context, Index kv) {
+  step(0);  // warm-up
+  const long heap_before = heap_counter::count();
+  Index i = 0;
+  for (auto _ : state) step(i++);
+  state.counters["allocs"] = double(heap_counter::count() - heap_before) / double(state.iterations());
+  const double projections = 2.0 * d_model * (2.0 * heads * head_dim + 2.0 * kv * head_dim);
+  state.counters["flops"] = projections + 2.0 * 2.0 * heads * head_dim * double(context + 1);
+}
+
 // One layer's attention for one decoded token: CachedAttention (projections, the append to
 // the cache, attention over `context` cached tokens plus itself, output projection), then a
 // truncation back to `context`. d = 512, 8 query heads of 64, range(1) KV heads. The new
@@ -136,13 +150,7 @@ void BM_Decode_Attention(benchmark::State& state) {
     benchmark::DoNotOptimize(out.data());
     cache.truncate(0, context);
   };
-  step(0);  // warm-up
-  const long heap_before = heap_counter::count();
-  Index i = 0;
-  for (auto _ : state) step(i++);
-  state.counters["allocs"] = double(heap_counter::count() - heap_before) / double(state.iterations());
-  const double projections = 2.0 * d_model * (2.0 * heads * head_dim + 2.0 * kv * head_dim);
-  state.counters["flops"] = projections + 2.0 * 2.0 * heads * head_dim * double(context + 1);
+  time_attention_steps(state, step, context, kv);
 }
 
 // The baseline beside BM_Decode_Attention: the same step with the attention written directly
@@ -182,13 +190,7 @@ void BM_Decode_Attention_Eigen(benchmark::State& state) {
     out.noalias() = context_row * attention.weights().output;
     benchmark::DoNotOptimize(out.data());
   };
-  step(0);  // warm-up
-  const long heap_before = heap_counter::count();
-  Index i = 0;
-  for (auto _ : state) step(i++);
-  state.counters["allocs"] = double(heap_counter::count() - heap_before) / double(state.iterations());
-  const double projections = 2.0 * d_model * (2.0 * heads * head_dim + 2.0 * kv * head_dim);
-  state.counters["flops"] = projections + 2.0 * 2.0 * heads * head_dim * double(context + 1);
+  time_attention_steps(state, step, context, kv);
 }
 
 }  // namespace
