@@ -8,6 +8,8 @@
 #   FUZZ_SECONDS=600 scripts/fuzz.sh    # longer
 # Environment: FUZZ_SECONDS, FUZZ_BUILD_DIR (default build-fuzz/ in the source tree),
 # FUZZ_CXX (default clang++), JOBS (build parallelism). Extra arguments go to the fuzzer.
+# Each run draws a new random seed, which libFuzzer prints first ("INFO: Seed: N"); to repeat
+# a run's sequence of inputs, pass it back: scripts/fuzz.sh -seed=N (with the same corpus).
 #
 # After a longer run, fold what it found into the committed corpus (kept small by -merge):
 #   build-fuzz/tests/fuzz/mixdepth_fuzz_topk -merge=1 tests/fuzz/corpus build-fuzz/fuzz-corpus
