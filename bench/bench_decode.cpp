@@ -1,7 +1,8 @@
 // Decoding benchmarks: one decode step for one sequence with 1024 tokens of context cached,
 // 8 layers, d = 512, 8 query and 2 KV heads of 64, SwiGLU hidden 1536. BM_Decode_Dense runs
 // every layer on every token; BM_Decode_MoD routes every other layer with a causal
-// predictor calibrated to 12.5% on the prompt. Each iteration decodes another token of a
+// predictor calibrated to route 12.5% of decoded tokens (on a random pool of its own, not
+// the prompt; the prompt goes through top-k). Each iteration decodes another token of a
 // pool of 64 and then rolls the caches back, so the context stays at 1024 tokens.
 // Counters: flops (expected operations of one step, from the routed fraction measured),
 // kv_bytes (cache bytes held after the prefill), routed (fraction of MoD-layer visits that

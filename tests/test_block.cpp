@@ -1,4 +1,4 @@
-// Block<T, F>: the invariants of Eq. 1 (DESIGN.md section 1) and its argument checks.
+// Block<T, F>: the invariants of Eq. 1 (README.md, Semantics) and its argument checks.
 #include "test_helpers.hpp"
 
 #include <algorithm>

@@ -1,5 +1,5 @@
 #pragma once
-// The router auxiliary loss (paper section 3.5, DESIGN.md section 2): binary cross-entropy of
+// The router auxiliary loss (paper section 3.5; README.md, Semantics): binary cross-entropy of
 // sigmoid(r_i) against top-k membership, so that r_i > threshold becomes a causal routing
 // decision at inference (RouterThreshold in causal.hpp). Also the top-k membership targets,
 // built per sequence (never over the flattened batch), which the causal predictor trains on.

@@ -231,7 +231,7 @@ struct BlockForward {
 // update. Const calls need f to be const-callable; a const block may be used from several
 // threads at once when each thread passes its own workspace.
 //
-// forward_causal routes by a causal rule instead of top-k (decoding; DESIGN.md section 2):
+// forward_causal routes by a causal rule instead of top-k (decoding; README.md, Semantics):
 // each sequence then routes its own number of tokens. Its start_positions give each
 // sequence's position of its first row (a decode step passes the tokens already seen), so
 // that f still sees original positions.

@@ -1,6 +1,6 @@
 #pragma once
 // Causal routing: a decision per token from that token alone, for autoregressive decoding
-// (top-k over a sequence looks at future tokens). See DESIGN.md section 2.
+// (top-k over a sequence looks at future tokens). See README.md, Semantics.
 #include <concepts>
 #include <cstdint>
 #include <span>

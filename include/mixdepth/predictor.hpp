@@ -1,6 +1,6 @@
 #pragma once
-// CausalPredictor<T>: the paper's second causal routing method (section 3.5, DESIGN.md
-// section 2). A small MLP d -> h -> 1 reads a block's input rows and predicts whether the
+// CausalPredictor<T>: the paper's second causal routing method (section 3.5; README.md,
+// Semantics). A small MLP d -> h -> 1 reads a block's input rows and predicts whether the
 // block's top-k router would pick each token, from that token alone, so decoding can route
 // without seeing the future. Its training reads x with a stop gradient: it owns its
 // parameters and optimiser state, takes x and the targets as const views, and changes nothing

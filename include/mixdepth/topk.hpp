@@ -50,13 +50,6 @@ inline Index checked_top_k(std::string_view where, Shape shape, Index k, std::si
 
 }  // namespace detail
 
-// For every sequence b of `shape`, writes to out[b*k', (b+1)*k') the positions (within the
-// sequence) of its k' = min(k, seq_len) highest scores, in ascending order. Ties go to the
-// lower position, -0.0 equals +0.0, NaN ranks below every number, and positions
-// >= lengths[b] are padding, taken only after every valid token, lowest first.
-// Throws mixdepth::Error (writing nothing) when scores.size() != shape.rows(), k < 0,
-// out.size() != shape.batch * k', or lengths is neither empty nor one length in [0, seq_len]
-// per sequence.
 namespace detail {
 
 // One sequence, arguments already checked: the kernel choice lives in kernels::dispatched.
@@ -69,6 +62,13 @@ void top_k_unchecked(const T* scores, Index n, Index valid, Index k, Position* o
 
 }  // namespace detail
 
+// For every sequence b of `shape`, writes to out[b*k', (b+1)*k') the positions (within the
+// sequence) of its k' = min(k, seq_len) highest scores, in ascending order. Ties go to the
+// lower position, -0.0 equals +0.0, NaN ranks below every number, and positions
+// >= lengths[b] are padding, taken only after every valid token, lowest first.
+// Throws mixdepth::Error (writing nothing) when scores.size() != shape.rows(), k < 0,
+// out.size() != shape.batch * k', or lengths is neither empty nor one length in [0, seq_len]
+// per sequence.
 template <class T, class Arch = kernels::entry_arch>
 void select_top_k(std::span<const T> scores, Shape shape, Index k, std::span<Position> out,
                   std::span<const Index> lengths, TopKScratch<T>& scratch) {

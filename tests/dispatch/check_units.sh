@@ -109,7 +109,7 @@ done
 
 if ((status)); then
   cat <<'MSG'
-See cmake/mixdepthDispatch.cmake and DESIGN.md, section 5: every function a kernel reaches must
+See cmake/mixdepthDispatch.cmake and README.md, "Instruction sets and the one-definition rule": every function a kernel reaches must
 depend on the Arch template parameter or have internal linkage, and each unit must be compiled
 with its own flags only.
 MSG

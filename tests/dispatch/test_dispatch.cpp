@@ -196,7 +196,7 @@ TEST_CASE("dispatch: active() is the best table this CPU runs, by /proc/cpuinfo"
     CHECK(runtime::supported(*t) == expected);
   }
 #if defined(__x86_64__)
-  // The machine this project is developed on has AVX-512 (DESIGN.md, section 6): there the
+  // The machine this project is developed on has AVX-512 (an AVX-512 Xeon or EPYC): there the
   // AVX-512 table must win. MIXDEPTH_TEST_EXPECT_ARCH (environment) overrides.
   if (const char* want = std::getenv("MIXDEPTH_TEST_EXPECT_ARCH"))
     CHECK(std::string(active.arch) == want);

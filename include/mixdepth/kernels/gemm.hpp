@@ -63,7 +63,8 @@ namespace detail_gemm {
 // Every helper here takes Arch, plain loops too, and the kernel calls no standard algorithm
 // that moves floats (std::fill, std::copy): the compiler vectorizes such code for the unit's
 // instruction set, and a helper whose name does not carry Arch would be one weak symbol that
-// the linker hands to units compiled for other instruction sets (ODR; DESIGN.md section 5).
+// the linker hands to units compiled for other instruction sets (ODR; README.md,
+// "Instruction sets and the one-definition rule").
 
 template <class Arch>
 constexpr std::ptrdiff_t round_up(std::ptrdiff_t x, std::ptrdiff_t to) { return (x + to - 1) / to * to; }

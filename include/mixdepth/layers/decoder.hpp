@@ -1,7 +1,7 @@
 #pragma once
 // Decoder<T>: a stack of pre-norm transformer layers (GQA attention with RoPE, SwiGLU MLP)
 // in which chosen layers are Mixture-of-Depths blocks, with a MoD-aware KV cache per layer,
-// for autoregressive decoding (DESIGN.md section 2). MoD layers route by top-k over a whole
+// for autoregressive decoding (README.md, Semantics). MoD layers route by top-k over a whole
 // prompt, or causally (a CausalPredictor, or the router's logit) token by token; a token a
 // layer skips never enters that layer's cache.
 #include <memory>

@@ -131,7 +131,7 @@ if ((status)); then
 A function both units define is compiled with AVX-512 in the wide one, or calls code only
 the wide one has, so the narrow unit may run AVX-512 code. Make it depend on the Arch
 template parameter (so each unit gets its own symbol) or give it internal linkage; see
-DESIGN.md, section 5.
+README.md, "Instruction sets and the one-definition rule".
 MSG
 fi
 exit "$status"
