@@ -5,7 +5,9 @@
 
 #include <mixdepth/predictor.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -152,6 +154,68 @@ TEST_CASE_TEMPLATE("predictor: a row's logit has the same bits alone as among ot
     }
     INFO("h ", h);
     CHECK(differ == 0);
+  }
+}
+
+TEST_CASE_TEMPLATE("predictor: loss, evaluate and calibrate_threshold read the logits that logits() and route() "
+                   "compute, bit for bit", T, float, double) {
+  const Index d = 67;
+  const Shape shape{3, 100};
+  const std::vector<Index> lengths = {100, 57, 0};
+  for (const Activation activation : {Activation::silu, Activation::relu}) {
+    for (const Index h : {Index(64), Index(7), Index(33), Index(37)}) {
+      for (const bool padded : {false, true}) {
+        const std::span<const Index> lens = padded ? std::span<const Index>(lengths) : std::span<const Index>();
+        const CausalPredictor<T> base(d, h, activation, 21 + std::uint64_t(h));
+        const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 22 + std::uint64_t(h));
+        const auto targets = targets_for(random_vector<T>(shape.rows(), 23), shape, 12, lens);
+        Arena<T> arena;
+        Vector<T> all(shape.rows());
+        base.logits(x, all, arena);
+        INFO("h ", h, ", relu ", activation == Activation::relu, ", padded ", padded);
+
+        // The loss is router_aux_loss over logits()'s values: the same BCE, the same order.
+        const T from_logits = router_aux_loss<T>(std::span<const T>(all.data(), std::size_t(all.size())), shape,
+                                                 targets, lens);
+        const T loss = base.loss(x, shape, targets, arena, lens);
+        CHECK(std::memcmp(&loss, &from_logits, sizeof(T)) == 0);
+
+        // evaluate() routes what route() routes, at a threshold on every valid logit and
+        // just below it (where one differing bit flips a decision).
+        std::vector<std::uint8_t> valid(std::size_t(shape.rows()), 0);
+        for (Index b = 0; b < shape.batch; ++b)
+          for (Index p = 0; p < (padded ? lengths[std::size_t(b)] : shape.seq_len); ++p)
+            valid[std::size_t(b * shape.seq_len + p)] = 1;
+        CausalPredictor<T> predictor = base;
+        std::vector<std::uint8_t> decisions(std::size_t(shape.rows()));
+        Index disagree = 0, checked = 0;
+        for (Index i = 0; i < shape.rows(); i += 3) {
+          if (!valid[std::size_t(i)]) continue;
+          for (const T threshold : {all[i], std::nextafter(all[i], -std::numeric_limits<T>::infinity())}) {
+            predictor.set_threshold(threshold);
+            predictor.route(x, {}, decisions, arena);
+            const RoutingMetrics by_route = routing_metrics(decisions, targets, shape, lens);
+            const RoutingMetrics by_evaluate = predictor.evaluate(x, shape, targets, arena, lens);
+            disagree += by_route.true_positives != by_evaluate.true_positives ||
+                        by_route.false_positives != by_evaluate.false_positives;
+            ++checked;
+          }
+        }
+        CHECK(checked > 50);
+        CHECK(disagree == 0);
+
+        // calibrate_threshold places its threshold among the same logits: route() then
+        // routes exactly its m = ceil(fraction * n) valid tokens (these logits are distinct).
+        const Index n_valid = std::count(valid.begin(), valid.end(), std::uint8_t(1));
+        for (const double fraction : {0.125, 0.5, 0.9}) {
+          predictor.calibrate_threshold(x, shape, fraction, arena, lens);
+          predictor.route(x, {}, decisions, arena);
+          Index routed = 0;
+          for (Index i = 0; i < shape.rows(); ++i) routed += valid[std::size_t(i)] && decisions[std::size_t(i)];
+          CHECK(routed == Capacity::fraction(fraction)(n_valid));
+        }
+      }
+    }
   }
 }
 

@@ -373,8 +373,8 @@ class CausalPredictor {
  private:
   // Logits of the valid rows, packed in row order, and what backward needs.
   struct Pass {
-    RowMatrixMap<T> pre;         // x W1 + b1, [valid, h]
-    RowMatrixMap<T> activation;  // act(pre), [valid, h]
+    StridedRowMatrixMap<T> pre;         // x W1 + b1, [valid, h], rows on cache lines
+    StridedRowMatrixMap<T> activation;  // act(pre), [valid, h], rows on cache lines
     std::span<T> logits;         // [valid]
     Index valid;
   };
@@ -417,19 +417,16 @@ class CausalPredictor {
   template <class Out>
   void forward_rows(MatrixCRef<T> x, StridedRowMatrixMap<T>& hidden, Out& out, Arena<T>& scratch) const {
     detail::product(hidden, x, parameters_.hidden_weight, &scratch);
-    hidden.rowwise() += parameters_.hidden_bias.transpose();
-    activate(hidden, hidden);
-    RowMatrixMap<T> logits(out.data(), x.rows(), 1);
-    const ConstRowMatrixMap<T> w2(parameters_.output_weight.data(), hidden.cols(), 1);
-    detail::product(logits, hidden, w2, &scratch);
-    out.array() += parameters_.output_bias;
+    finish_forward(hidden, hidden, out.data(), scratch);
   }
 
   // The forward pass over the valid rows only (one product per run of valid rows), keeping
-  // pre-activations for the backward pass. Padding rows are never read.
+  // pre-activations for the backward pass. Padding rows are never read. Each logit has the
+  // bits forward_rows gives its row, so training, evaluate() and calibrate_threshold() see
+  // the logits that logits() and route() compute.
   Pass forward_valid(MatrixCRef<T> x, Shape shape, std::span<const Index> lengths, Arena<T>& scratch) const {
     const Index valid = detail::valid_tokens(shape, lengths);
-    Pass pass{scratch.matrix(valid, hidden()), scratch.matrix(valid, hidden()),
+    Pass pass{scratch.aligned_rows(valid, hidden()), scratch.aligned_rows(valid, hidden()),
               scratch.take(valid), valid};
     Index packed = 0;
     detail::for_each_valid_run(shape, lengths, [&](Index first, Index count) {
@@ -437,12 +434,20 @@ class CausalPredictor {
                       parameters_.hidden_weight, &scratch);
       packed += count;
     });
-    pass.pre.rowwise() += parameters_.hidden_bias.transpose();
-    activate(pass.pre, pass.activation);
-    Eigen::Map<Vector<T>> z(pass.logits.data(), valid);
-    z.noalias() = pass.activation * parameters_.output_weight;
-    z.array() += parameters_.output_bias;
+    finish_forward(pass.pre, pass.activation, pass.logits.data(), scratch);
     return pass;
+  }
+
+  // From pre = x W1 (rows on cache lines): pre += b1, activation = act(pre) (may be pre
+  // itself), logits = activation w2 + b2, the last a product through the GEMM kernel.
+  void finish_forward(StridedRowMatrixMap<T>& pre, StridedRowMatrixMap<T>& activation, T* logits,
+                      Arena<T>& scratch) const {
+    pre.rowwise() += parameters_.hidden_bias.transpose();
+    activate(pre, activation);
+    RowMatrixMap<T> z(logits, pre.rows(), 1);
+    const ConstRowMatrixMap<T> w2(parameters_.output_weight.data(), pre.cols(), 1);
+    detail::product(z, activation, w2, &scratch);
+    z.array() += parameters_.output_bias;
   }
 
   // Mean BCE over the packed valid logits; writes dL/dz (packed) when gradient is non-null.
