@@ -295,4 +295,35 @@ TEST_CASE("aux loss: bad input throws mixdepth::Error naming the argument and wr
   CHECK(dw == Vector<float>::Constant(4, 3.f));
   CHECK(db == 3.f);
   CHECK(targets == untouched_targets);
+
+  // Outputs that share memory with an input: the gradient is zeroed before the inputs are
+  // read, so the results would be computed from zeros.
+  std::vector<float> logits = {5.f, -5.f, 3.f, -3.f, 1.f, 0.f};
+  const std::vector<float> logits_before = logits;
+  require_mentions(error_message([&] { router_aux_loss<float>(logits, shape, targets, std::span(logits)); }),
+                   {"router_aux_loss", "logit_gradient", "memory disjoint from router_logits", "overlapping"});
+  require_mentions(error_message([&] {
+                     router_aux_loss<float>(std::span<const float>(logits).first(6), shape, targets,
+                                            std::span(gradient));  // fine: apart
+                     router_aux_loss<float>(std::span<const float>(logits.data() + 2, 4), Shape{1, 4},
+                                            std::span(targets).first(4), std::span(logits).first(4));
+                   }),
+                   {"logit_gradient", "overlapping"});
+  CHECK(logits == logits_before);
+  RowMatrix<float> xw = random_matrix<float>(6, 4, 2);
+  const RowMatrix<float> xw_before = xw;
+  require_mentions(error_message([&] {
+                     router_gradient<float>(xw, r, Eigen::Map<Vector<float>>(xw.data() + 8, 4), db);
+                   }),
+                   {"router_gradient", "weight_gradient", "memory disjoint from x", "overlapping"});
+  CHECK(bit_equal(xw, xw_before));
+  std::vector<float> g(10, 0.25f);
+  const std::vector<float> g_before = g;
+  require_mentions(error_message([&] {
+                     router_gradient<float>(x, std::span<const float>(g).first(6), Eigen::Map<Vector<float>>(g.data() + 6, 4), db);
+                     router_gradient<float>(x, std::span<const float>(g).first(6), Eigen::Map<Vector<float>>(g.data() + 4, 4), db);
+                   }),
+                   {"weight_gradient", "memory disjoint from logit_gradient", "overlapping"});
+  CHECK(g[0] == 0.25f);
+  CHECK(std::equal(g.begin(), g.begin() + 6, g_before.begin()));
 }

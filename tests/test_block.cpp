@@ -366,6 +366,11 @@ TEST_CASE("gather_rows and scatter_gated equal plain loops, and reject bad input
   require_mentions(error_message([&] { scatter_gated<float>(x, outside, update, gates, y); }), {"rows[1]", "got 9"});
   require_mentions(error_message([&] { scatter_gated<float>(buffer.topRows(8), rows, update, gates, buffer.bottomRows(8)); }),
                    {"y", "a partial overlap"});
+  // update or gates in y's memory: a row written early would be read as a later update.
+  require_mentions(error_message([&] { scatter_gated<float>(buffer, rows, buffer.topRows(3), gates, buffer); }),
+                   {"scatter_gated", "update", "memory disjoint from y", "overlapping"});
+  require_mentions(error_message([&] { scatter_gated<float>(x, rows, update, std::span<const float>(buffer.data(), 3), buffer); }),
+                   {"scatter_gated", "gates", "memory disjoint from y", "overlapping"});
   CHECK((y.array() == 9.f).all());
   CHECK(bit_equal(buffer, buffer_before));
 }

@@ -301,6 +301,14 @@ TEST_CASE("decoder: bad steps throw mixdepth::Error and leave caches and positio
   require_mentions(error_message([&] { cache.check_append("test", 0, 1, two_positions); }),
                    {"positions.size()", "expected 1", "got 2"});
   cache.check_append("test", 0, 2, two_positions);  // fits: no throw
+  // Sizes whose byte counts would overflow: an error, not undefined behaviour.
+  require_mentions(error_message([&] { cache.reserve(Index{1} << 40); }),
+                   {"KvCache::reserve", "capacity", "<= 2147483648", "got 1099511627776"});
+  KvCache<float> wide(1, Index{1} << 40, 0);
+  require_mentions(error_message([&] { wide.reserve(Index{1} << 30); }),
+                   {"KvCache::reserve", "capacity", "fewer than 2^63 bytes", "1073741824 tokens of 1099511627776 values"});
+  CHECK(cache.capacity() == 2);
+  CHECK(wide.capacity() == 0);
 }
 
 TEST_CASE("decoder: bad reset, config and layer_inputs calls throw before anything changes") {

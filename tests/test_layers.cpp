@@ -267,6 +267,16 @@ TEST_CASE("RMSNorm rejects an empty weight, a bad eps and mismatched shapes") {
   require_mentions(error_message([&] { norm(x, out); }), {"x.cols()", "expected 4", "got 5"});
   x.resize(3, 4);
   require_mentions(error_message([&] { norm(x, short_out); }), {"out.rows()", "expected 3", "got 2"});
+  // In place is fine; out one row below x would read rows it had already written.
+  RowMatrix<double> rows = random_matrix<double>(4, 4, 3);
+  const RowMatrix<double> rows_before = rows;
+  require_mentions(error_message([&] { norm(rows.topRows(3), rows.bottomRows(3)); }),
+                   {"RMSNorm", "out", "x itself or memory disjoint from it", "a partial overlap"});
+  CHECK(testing::bit_equal(rows, rows_before));
+  RowMatrix<double> apart(4, 4);
+  norm(rows, apart);
+  norm(rows, rows);
+  CHECK(testing::bit_equal(rows, apart));
 }
 
 TEST_CASE_TEMPLATE("SwiGluMlp matches a scalar loop over a ragged routed batch", T, float, double) {
@@ -565,6 +575,39 @@ TEST_CASE("Attention rejects bad configs, weights and routed input, naming the a
                    }),
                    {"context", "memory disjoint", "overlapping"});
   CHECK((context.array() == 7.0f).all());  // nothing written before a check failed
+
+  // context may be the queries themselves, but not a shifted view of their memory: writing
+  // one head's context would overwrite queries not yet scored.
+  RowMatrix<float> wide = RowMatrix<float>::Constant(2, 40, 7.0f);
+  const RowMatrix<float> wide_before = wide;
+  require_mentions(error_message([&] {
+                     attention.attend(wide.leftCols(32), query_at, keys, values, sorted, wide.rightCols(32));
+                   }),
+                   {"Attention::attend", "context", "queries itself or memory disjoint from it", "a partial overlap"});
+  require_mentions(error_message([&] {
+                     attention.attend_by_feature(wide.leftCols(32), query_at, by_feature, values, sorted,
+                                                 wide.rightCols(32));
+                   }),
+                   {"Attention::attend_by_feature", "context", "queries itself", "a partial overlap"});
+  CHECK(testing::bit_equal(wide, wide_before));
+  RowMatrix<float> in_place = random_matrix<float>(2, 32, 5), apart(2, 32);
+  const RowMatrix<float> in_place_queries = in_place;
+  attention.attend(in_place_queries, query_at, keys, values, sorted, apart);
+  attention.attend(in_place, query_at, keys, values, sorted, in_place);  // the same view: allowed
+  CHECK(testing::bit_equal(in_place, apart));
+
+  // project's three outputs must be apart (keys written over queries would be rotated twice).
+  const RowMatrix<float> x3 = random_matrix<float>(3, 16, 6);
+  const std::vector<Position> at3{0, 1, 2};
+  RowMatrix<float> q3 = RowMatrix<float>::Constant(3, 32, 7.0f), k3 = RowMatrix<float>::Constant(3, 16, 7.0f),
+                   v3 = RowMatrix<float>::Constant(3, 16, 7.0f);
+  require_mentions(error_message([&] { attention.project(x3, at3, q3, q3.leftCols(16), v3); }),
+                   {"Attention::project", "keys", "memory disjoint from queries", "overlapping"});
+  require_mentions(error_message([&] { attention.project(x3, at3, q3, k3, q3.rightCols(16)); }),
+                   {"values", "memory disjoint from queries", "overlapping"});
+  require_mentions(error_message([&] { attention.project(x3, at3, q3, k3, k3); }),
+                   {"values", "memory disjoint from keys", "overlapping"});
+  CHECK(((q3.array() == 7.0f).all() && (k3.array() == 7.0f).all() && (v3.array() == 7.0f).all()));
 }
 
 TEST_CASE("sequential() rejects an MLP narrower than its attention before any forward") {

@@ -165,6 +165,10 @@ TEST_CASE("select_top_k rejects bad arguments and writes nothing") {
                    {"lengths[0]", "got -1"});
   require_mentions(error_message([&] { select_top_k<float>(scores, {-2, 4}, 2, out); }),
                    {"shape.batch", "got -2"});
+  // Empty sequences count too: a batch beyond Position's range would overflow the batch's
+  // per-sequence offsets (a Block's workspace keeps batch + 1 of them).
+  require_mentions(error_message([&] { select_top_k<float>({}, {std::numeric_limits<Index>::max(), 0}, 0, {}); }),
+                   {"shape.batch", "<= 2147483647", "got 9223372036854775807"});
   CHECK(untouched());
 }
 

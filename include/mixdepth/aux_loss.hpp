@@ -153,7 +153,7 @@ void top_k_targets(std::span<const T> router_logits, Shape shape, Index k,
 // all-zero gradient, when no token is valid). A training loop adds L, times its weight, to
 // the LM loss, and the gradient, times the same weight, to the LM's dL/dr before
 // router_gradient(). Throws mixdepth::Error, writing nothing, on a size mismatch, a target
-// other than 0 or 1, or bad lengths.
+// other than 0 or 1, bad lengths, or a logit_gradient that shares memory with router_logits.
 template <class T>
 T router_aux_loss(std::span<const T> router_logits, Shape shape,
                   std::span<const std::uint8_t> targets, std::span<T> logit_gradient,
@@ -164,6 +164,8 @@ T router_aux_loss(std::span<const T> router_logits, Shape shape,
   detail::require_equal(where, "logit_gradient.size()", rows, static_cast<Index>(logit_gradient.size()));
   detail::check_lengths(where, shape, lengths);
   detail::check_targets(where, shape, targets);
+  if (detail::overlaps(detail::vector_view(router_logits), detail::vector_view(logit_gradient)))
+    detail::fail(where, "logit_gradient", "memory disjoint from router_logits", "overlapping");
   return detail::mean_binary_cross_entropy(router_logits.data(), targets.data(), shape, lengths,
                                            logit_gradient.data());
 }
@@ -184,14 +186,19 @@ T router_aux_loss(std::span<const T> router_logits, Shape shape,
 // Router parameter gradients from dL/dr (r = x w + bias): weight_gradient = x^T dL/dr
 // (sum_i dL/dr_i x_i) and bias_gradient = sum_i dL/dr_i. Both are overwritten. Rows whose
 // dL/dr is 0 (padding, from router_aux_loss) contribute nothing, even when x holds NaN there.
-// Throws mixdepth::Error, writing nothing, when logit_gradient.size() != x.rows() or
-// weight_gradient.size() != x.cols().
+// Throws mixdepth::Error, writing nothing, when logit_gradient.size() != x.rows(),
+// weight_gradient.size() != x.cols(), or weight_gradient shares memory with x or
+// logit_gradient.
 template <class T>
 void router_gradient(MatrixCRef<T> x, std::span<const T> logit_gradient,
                      Eigen::Ref<Vector<T>> weight_gradient, T& bias_gradient) {
   constexpr std::string_view where = "router_gradient";
   detail::require_equal(where, "logit_gradient.size()", x.rows(), static_cast<Index>(logit_gradient.size()));
   detail::require_equal(where, "weight_gradient.size()", x.cols(), weight_gradient.size());
+  if (detail::overlaps(weight_gradient, x))
+    detail::fail(where, "weight_gradient", "memory disjoint from x", "overlapping");
+  if (detail::overlaps(weight_gradient, detail::vector_view(logit_gradient)))
+    detail::fail(where, "weight_gradient", "memory disjoint from logit_gradient", "overlapping");
   weight_gradient.setZero();
   double bias_sum = 0.0;
   const Eigen::Map<const Vector<T>> g(logit_gradient.data(), x.rows());

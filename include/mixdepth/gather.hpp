@@ -71,9 +71,9 @@ void gather_rows(MatrixCRef<T> x, std::span<const Position> rows, MatrixRef<T> o
 }
 
 // y.row(rows[j]) = x.row(rows[j]) + gates[j] * update.row(j); other rows of y are not touched.
-// x and y may be the same matrix (in place) but must not partially overlap. Throws
-// mixdepth::Error on mismatched sizes, row indices outside [0, x.rows()) or a row index
-// given twice (in place the two updates would add up, out of place the last would win).
+// x and y may be the same matrix (in place) but must not partially overlap, and update and
+// gates must not share memory with y. Throws mixdepth::Error on mismatched sizes, on
+// overlapping memory, row indices outside [0, x.rows()) or a row index given twice (in place the two updates would add up, out of place the last would win).
 // Ascending rows, as every MoD selection is, are checked without allocating.
 template <class T, class Arch = kernels::entry_arch>
 void scatter_gated(MatrixCRef<T> x, std::span<const Position> rows, MatrixCRef<T> update,
@@ -87,6 +87,9 @@ void scatter_gated(MatrixCRef<T> x, std::span<const Position> rows, MatrixCRef<T
   detail::require_equal(where, "gates.size()", n, static_cast<Index>(gates.size()));
   if (x.data() != y.data() && detail::overlaps(x, y))
     detail::fail(where, "y", "the same matrix as x or disjoint from it", "a partial overlap");
+  if (detail::overlaps(update, y)) detail::fail(where, "update", "memory disjoint from y", "overlapping");
+  if (detail::overlaps(detail::vector_view(gates), y))
+    detail::fail(where, "gates", "memory disjoint from y", "overlapping");
   bool ascending = true;
   for (Index j = 0; j < n; ++j) {
     if (rows[j] < 0 || rows[j] >= x.rows())

@@ -12,6 +12,7 @@
 // place). Values are stored by token.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <string>
 #include <vector>
@@ -86,9 +87,16 @@ class KvCache {
   // cache is as it was. When key_stride() stays the same (a growth within the padding of
   // its rows), the keys stay where they are: only values and positions move.
   void reserve(Index capacity) {
-    if (capacity < 0) detail::fail("KvCache::reserve", "capacity", ">= 0", capacity);
+    constexpr std::string_view where = "KvCache::reserve";
+    if (capacity < 0) detail::fail(where, "capacity", ">= 0", capacity);
     if (capacity <= capacity_) return;
+    // Positions ascend strictly within a sequence, from 0: no more than Position's range fit.
+    constexpr Index max_tokens = Index{std::numeric_limits<Position>::max()} + 1;
+    if (capacity > max_tokens) detail::fail(where, "capacity", "<= " + std::to_string(max_tokens), capacity);
     const Index stride = Arena<T>::spread_stride(capacity);
+    if (width_ > 0 && stride > std::numeric_limits<Index>::max() / Index{sizeof(T)} / width_)
+      detail::fail(where, "capacity", "a cache of fewer than 2^63 bytes per sequence",
+                   std::to_string(capacity) + " tokens of " + std::to_string(width_) + " values");
     const bool keys_stay = stride == key_stride_;
     std::vector<Sequence> grown(sequences_.size());
     for (std::size_t b = 0; b < sequences_.size(); ++b) {

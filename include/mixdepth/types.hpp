@@ -44,6 +44,9 @@ namespace detail {
 inline Index checked_rows(std::string_view where, Shape shape) {
   if (shape.batch < 0) fail(where, "shape.batch", ">= 0", shape.batch);
   if (shape.seq_len < 0) fail(where, "shape.seq_len", ">= 0", shape.seq_len);
+  // Even empty sequences count: a batch is looped over and has per-sequence offsets.
+  if (shape.batch > Index{std::numeric_limits<Position>::max()})
+    fail(where, "shape.batch", "<= 2147483647", shape.batch);
   if (shape.seq_len > 0 &&
       shape.batch > Index{std::numeric_limits<Position>::max()} / shape.seq_len)
     fail(where, "shape.batch * shape.seq_len", "<= 2147483647 rows",
@@ -78,6 +81,24 @@ bool overlaps(const A& a, const B& b) {
   const auto [a0, a1] = span_of(a);
   const auto [b0, b1] = span_of(b);
   return a0 < b1 && b0 < a1;
+}
+
+// A span as a vector view, for overlaps().
+template <class T>
+Eigen::Map<const Vector<std::remove_const_t<T>>> vector_view(std::span<T> s) {
+  return {s.data(), static_cast<Index>(s.size())};
+}
+
+// Throws unless `out` (argument `out_name`) is the view `in` itself (the same first element
+// and strides; the caller has checked the shapes) or shares no memory with it: for
+// functions that may work in place but would read overwritten elements of a partial overlap.
+template <class In, class Out>
+void require_same_or_disjoint(std::string_view where, std::string_view out_name, std::string_view in_name,
+                              const In& in, const Out& out) {
+  const bool same = static_cast<const void*>(in.data()) == static_cast<const void*>(out.data()) &&
+                    in.outerStride() == out.outerStride() && in.innerStride() == out.innerStride();
+  if (!same && overlaps(in, out))
+    fail(where, out_name, std::string(in_name) + " itself or memory disjoint from it", "a partial overlap");
 }
 
 }  // namespace detail

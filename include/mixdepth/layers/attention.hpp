@@ -108,7 +108,9 @@ class Attention {
   }
 
   // Step 1. queries [n, query_width], keys and values [n, kv_width] of the rows x [n, d_model]
-  // at the given positions (RoPE applied to queries and keys).
+  // at the given positions (RoPE applied to queries and keys). x is read before any output
+  // is written, so an output may share memory with it; the three outputs must not share
+  // memory with each other.
   void project(MatrixCRef<T> x, std::span<const Position> positions, MatrixRef<T> queries,
                MatrixRef<T> keys, MatrixRef<T> values, Arena<T>* scratch = nullptr) const {
     constexpr std::string_view where = "Attention::project";
@@ -118,6 +120,12 @@ class Attention {
     require_shape(where, "queries", queries, n, config_.query_width());
     require_shape(where, "keys", keys, n, config_.kv_width());
     require_shape(where, "values", values, n, config_.kv_width());
+    if (mixdepth::detail::overlaps(queries, keys))
+      detail::fail(where, "keys", "memory disjoint from queries", "overlapping");
+    if (mixdepth::detail::overlaps(queries, values))
+      detail::fail(where, "values", "memory disjoint from queries", "overlapping");
+    if (mixdepth::detail::overlaps(keys, values))
+      detail::fail(where, "values", "memory disjoint from keys", "overlapping");
     mixdepth::detail::ScratchScope<T> arena(scratch);
     project_unchecked(x, detail::PositionList{positions}, queries, keys, values, *arena);
   }
@@ -125,7 +133,8 @@ class Attention {
   // Step 2. context [nq, query_width]: every query (row of queries, at query_positions) over
   // the keys and values whose key_positions are <= its own; a query that sees no key gets a
   // zero row. key_positions must ascend (a KV cache appends in position order). context may
-  // be queries itself, but must not overlap keys or values.
+  // be queries itself (the same view), but must not otherwise share memory with queries,
+  // and must not overlap keys or values.
   void attend(MatrixCRef<T> queries, std::span<const Position> query_positions, MatrixCRef<T> keys,
               MatrixCRef<T> values, std::span<const Position> key_positions, MatrixRef<T> context,
               Arena<T>* scratch = nullptr) const {
@@ -142,6 +151,7 @@ class Attention {
     detail::require_nondecreasing(where, "key_positions", keys_at, 0, nk);
     if (mixdepth::detail::overlaps(context, keys) || mixdepth::detail::overlaps(context, values))
       detail::fail(where, "context", "memory disjoint from keys and values", "overlapping");
+    mixdepth::detail::require_same_or_disjoint(where, "context", "queries", queries, context);
     mixdepth::detail::ScratchScope<T> arena(scratch);
     attend_unchecked(queries, detail::PositionList{query_positions}, keys, values, keys_at,
                      context, *arena);
@@ -150,7 +160,8 @@ class Attention {
   // Step 2 over keys given by feature, [kv_width, nk] (KvCache::keys_by_feature(b): row f is
   // feature f of every key, rows outerStride() apart), read in place: the same results as
   // attend() over their transpose, bit for bit, without transposing each KV head's keys into
-  // scratch. context may be queries itself, but must not overlap keys_by_feature or values.
+  // scratch. context may be queries itself (the same view), but must not otherwise share
+  // memory with queries, and must not overlap keys_by_feature or values.
   void attend_by_feature(MatrixCRef<T> queries, std::span<const Position> query_positions,
                          MatrixCRef<T> keys_by_feature, MatrixCRef<T> values,
                          std::span<const Position> key_positions, MatrixRef<T> context,
@@ -171,6 +182,7 @@ class Attention {
     detail::require_nondecreasing(where, "key_positions", keys_at, 0, nk);
     if (mixdepth::detail::overlaps(context, keys_by_feature) || mixdepth::detail::overlaps(context, values))
       detail::fail(where, "context", "memory disjoint from keys_by_feature and values", "overlapping");
+    mixdepth::detail::require_same_or_disjoint(where, "context", "queries", queries, context);
     mixdepth::detail::ScratchScope<T> arena(scratch);
     attend_by_feature_unchecked(
         queries, detail::PositionList{query_positions},

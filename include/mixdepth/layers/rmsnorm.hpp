@@ -32,12 +32,14 @@ class RMSNorm {
   T eps() const { return eps_; }
 
   // out.row(i) = normalised x.row(i). out may be x itself (each row is read before it is
-  // written). Throws mixdepth::Error on shape mismatch.
+  // written) but must not otherwise share memory with it. Throws mixdepth::Error on shape
+  // mismatch or a partial overlap.
   void operator()(MatrixCRef<T> x, MatrixRef<T> out) const {
     constexpr std::string_view where = "RMSNorm";
     detail::require_equal(where, "x.cols()", dim(), x.cols());
     detail::require_equal(where, "out.rows()", x.rows(), out.rows());
     detail::require_equal(where, "out.cols()", dim(), out.cols());
+    mixdepth::detail::require_same_or_disjoint(where, "out", "x", x, out);
     apply_unchecked(x, out);
   }
 
