@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 using namespace mixdepth;
 using namespace mixdepth::testing;
@@ -94,6 +95,13 @@ TEST_CASE_TEMPLATE("Router::score computes x w + bias for every row", T, float, 
   Vector<T> strided(rows);
   router.score(wide.leftCols(d), strided);
   CHECK(bit_equal(strided, logits));
+}
+
+TEST_CASE("Router takes the contract's constructor: a braced {weight, bias} builds one where a Router is expected") {
+  const auto dim_and_bias = [](const Router<double>& r) { return std::pair{r.dim(), r.bias()}; };
+  CHECK(dim_and_bias({Vector<double>::Ones(3), 0.5}) == std::pair{Index(3), 0.5});
+  CHECK(dim_and_bias({Vector<double>::Ones(2)}) == std::pair{Index(2), 0.0});
+  require_mentions(error_message([&] { (void)dim_and_bias({Vector<double>()}); }), {"Router", "weight.size()", ">= 1"});
 }
 
 TEST_CASE("Router rejects mismatched shapes and leaves the logits untouched") {

@@ -229,7 +229,8 @@ struct BlockForward {
 //   y_i = x_i + g(r_i) * f_i   for routed tokens,   y_i = x_i (bit for bit) for the others.
 // f must be callable as f(const Routed<T>&, MatrixRef<T> out); it writes the residual-free
 // update. Const calls need f to be const-callable; a const block may be used from several
-// threads at once when each thread passes its own workspace.
+// threads at once when each thread passes its own workspace and f itself may be called
+// concurrently (not so a layers::CachedAttention, whose const call appends to its cache).
 //
 // forward_causal routes by a causal rule instead of top-k (decoding; README.md, Semantics):
 // each sequence then routes its own number of tokens. Its start_positions give each

@@ -11,7 +11,8 @@ namespace mixdepth {
 template <class T>
 class Router {
  public:
-  explicit Router(Vector<T> weight, T bias = T(0)) : weight_(std::move(weight)), bias_(bias) {
+  // Not explicit (as in the contract): `Block<T, F> block({w, 0.5f}, capacity, f)` works.
+  Router(Vector<T> weight, T bias = T(0)) : weight_(std::move(weight)), bias_(bias) {
     if (weight_.size() == 0) detail::fail("Router", "weight.size()", ">= 1", 0);
   }
 
