@@ -97,7 +97,7 @@ TEST_CASE_TEMPLATE("aux loss: top_k_targets mark exactly the select_top_k positi
   }
 }
 
-TEST_CASE_TEMPLATE("aux loss: value and dL/dr match a long-double reference; padding gets exactly 0", T, float, double) {
+TEST_CASE_TEMPLATE("aux loss: value and dL/dr match a long-double reference, padding gets exactly 0", T, float, double) {
   const Shape shape{3, 41};
   const std::vector<Index> lengths = {41, 17, 0};
   Vector<T> r = random_vector<T>(shape.rows(), 5) * T(3);

@@ -208,7 +208,7 @@ TEST_CASE_TEMPLATE("padding is never routed to f and comes through unchanged", T
   CHECK(ws.selected()[9] == 3);  // first padding position of sequence 1
 }
 
-TEST_CASE_TEMPLATE("sequences never influence each other; permuting sequences permutes outputs", T, float, double) {
+TEST_CASE_TEMPLATE("sequences never influence each other, permuting sequences permutes outputs", T, float, double) {
   const Index d = 10, s = 14;
   const Shape shape{4, s};
   const RowMatrix<T> x = random_matrix<T>(shape.rows(), d, 55);

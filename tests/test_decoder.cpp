@@ -76,7 +76,7 @@ TEST_CASE_TEMPLATE("decoder: decoding step by step gives the causal forward's bi
   }
 }
 
-TEST_CASE("decoder: every token routed equals top-k at full capacity; none routed makes MoD layers the identity") {
+TEST_CASE("decoder: every token routed equals top-k at full capacity, none routed makes MoD layers the identity") {
   Decoder<float> decoder(small_config(1.0), 43);
   const Shape shape{2, 12};
   const RowMatrix<float> x = random_matrix<float>(shape.rows(), 32, 8);

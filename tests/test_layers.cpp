@@ -342,7 +342,7 @@ TEST_CASE_TEMPLATE("Attention matches a scalar loop: GQA ratios 1, 2, 4 over rag
     }
 }
 
-TEST_CASE("RoPE rotates queries and keys by the original position; scores see differences only") {
+TEST_CASE("RoPE rotates queries and keys by the original position, scores see differences only") {
   const AttentionConfig config{16, 4, 2, 8, 10000.0, 1e-6};
   const auto attention = Attention<double>::random(config, 5);
   const RowMatrix<double> x = random_matrix<double>(6, 16, 6);

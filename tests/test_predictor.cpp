@@ -52,7 +52,7 @@ bool parameters_bit_equal(const PredictorParameters<double>& a, const PredictorP
 
 }  // namespace
 
-TEST_CASE("predictor: seeded construction is deterministic; explicit weights are shape-checked") {
+TEST_CASE("predictor: seeded construction is deterministic, explicit weights are shape-checked") {
   const CausalPredictor<double> a(12, 7, Activation::silu, 99), b(12, 7, Activation::silu, 99),
       c(12, 7, Activation::silu, 100);
   CHECK(a.dim() == 12);

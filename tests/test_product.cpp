@@ -85,7 +85,7 @@ TEST_CASE("add_product() adds alpha A B to the result") {
                         widen(a).transpose().cwiseAbs() * widen(e).cwiseAbs(), before, 0.5, 150));
 }
 
-TEST_CASE("Arena: a moved-from arena is empty and usable; the moved-to one keeps the memory taken") {
+TEST_CASE("Arena: a moved-from arena is empty and usable, the moved-to one keeps the memory taken") {
   // Before, the defaulted moves left the source's chunk index behind, past its now empty
   // chunk list, and its next take() indexed out of bounds.
   auto aligned = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p) % Arena<float>::alignment == 0; };
@@ -135,7 +135,7 @@ TEST_CASE("product() gives the same bits with the caller's arena and without one
 }
 
 TEST_CASE("product(): a row, a column or a tiny block computed alone has the bits it has in a larger "
-          "product; vector types stay Eigen's, bit for bit") {
+          "product, vector types stay Eigen's, bit for bit") {
   Arena<float> arena;
   const RowMatrix<float> a = random_matrix<float>(30, 20, 12), b = random_matrix<float>(20, 26, 13);
   for (const Index depth : {Index(1), Index(5), Index(20)}) {

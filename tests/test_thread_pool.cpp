@@ -43,7 +43,7 @@ TEST_CASE("ThreadPool runs every item exactly once and names every thread below 
   }
 }
 
-TEST_CASE("ThreadPool: a run from inside a task runs serially; several callers share one pool") {
+TEST_CASE("ThreadPool: a run from inside a task runs serially, several callers share one pool") {
   ThreadPool pool(3);
   std::atomic<long> sum{0};
   pool.run(4, [&](std::int64_t, int) {
