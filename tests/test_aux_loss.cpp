@@ -102,6 +102,10 @@ TEST_CASE_TEMPLATE("aux loss: value and dL/dr match a long-double reference, pad
   const std::vector<Index> lengths = {41, 17, 0};
   Vector<T> r = random_vector<T>(shape.rows(), 5) * T(3);
   std::vector<T> logits = to_vector(r);
+  // Confident tokens, whose gradient is tiny (and 1 - sigmoid(r) would round to 0 in float).
+  logits[3] = T(25);
+  logits[7] = T(-25);
+  logits[44] = T(18);
   // Padding holds values that would poison a sum if they were read.
   for (Index p = 17; p < 41; ++p) logits[std::size_t(41 + p)] = std::numeric_limits<T>::quiet_NaN();
   for (Index p = 0; p < 41; ++p) logits[std::size_t(82 + p)] = std::numeric_limits<T>::infinity();
@@ -112,7 +116,7 @@ TEST_CASE_TEMPLATE("aux loss: value and dL/dr match a long-double reference, pad
   const T loss = router_aux_loss<T>(logits, shape, targets, gradient, lengths);
   const long double expected = reference_loss(logits, targets, shape, lengths);
   const double tolerance = std::is_same_v<T, float> ? 1e-6 : 1e-13;
-  CHECK(static_cast<double>(loss) == doctest::Approx(static_cast<double>(expected)).epsilon(tolerance));
+  CHECK(static_cast<double>(loss) == doctest::Approx(static_cast<double>(expected)).epsilon(tolerance).scale(0));
   CHECK(router_aux_loss<T>(logits, shape, targets, lengths) == loss);  // the loss-only overload
 
   const Index valid = 41 + 17;
@@ -124,9 +128,11 @@ TEST_CASE_TEMPLATE("aux loss: value and dL/dr match a long-double reference, pad
         CHECK_FALSE(std::signbit(gradient[i]));
         continue;
       }
-      const long double s = 1.0L / (1.0L + std::exp(-static_cast<long double>(logits[i])));
-      const long double g = (s - targets[i]) / valid;
-      CHECK(static_cast<double>(gradient[i]) == doctest::Approx(static_cast<double>(g)).epsilon(tolerance));
+      // sigmoid(r) - t without cancellation: -sigmoid(-r) for t = 1. Relative to g alone
+      // (scale 0), so a gradient of a confident token (tiny g) must be right too.
+      const long double z = static_cast<long double>(logits[i]);
+      const long double g = (targets[i] ? -1.0L / (1.0L + std::exp(z)) : 1.0L / (1.0L + std::exp(-z))) / valid;
+      CHECK(static_cast<double>(gradient[i]) == doctest::Approx(static_cast<double>(g)).epsilon(tolerance).scale(0));
     }
 
   // No valid token: loss 0, gradient all 0.
@@ -190,7 +196,7 @@ TEST_CASE("aux loss: gradients w.r.t. r, router weight and bias match finite dif
     plus[i] += step;
     minus[i] -= step;
     const double numeric = std::isnan(r0[i]) ? 0.0 : (loss_at(plus) - loss_at(minus)) / (2 * step);
-    worst_r = std::max(worst_r, std::abs(numeric - dr[i]));
+    worst_r = worse(worst_r, std::abs(numeric - dr[i]));
   }
   MESSAGE("aux loss dL/dr: max abs error vs central differences ", worst_r);
   CHECK(worst_r < 1e-9);
@@ -205,7 +211,7 @@ TEST_CASE("aux loss: gradients w.r.t. r, router weight and bias match finite dif
     plus[c] += step;
     minus[c] -= step;
     const double numeric = (loss_at(logits_of(plus, bias)) - loss_at(logits_of(minus, bias))) / (2 * step);
-    worst_w = std::max(worst_w, std::abs(numeric - dw[c]) / std::max(1.0, std::abs(numeric)));
+    worst_w = worse(worst_w, std::abs(numeric - dw[c]) / std::max(1.0, std::abs(numeric)));
   }
   const double numeric_bias = (loss_at(logits_of(w, bias + step)) - loss_at(logits_of(w, bias - step))) / (2 * step);
   const double error_bias = std::abs(numeric_bias - db);

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <utility>
 
 using namespace mixdepth;
@@ -125,10 +126,15 @@ TEST_CASE_TEMPLATE("Gates: identity passes r through, sigmoid is stable for larg
   CHECK(apply_gate(Gate::sigmoid, T(1000)) == T(1));
   CHECK(apply_gate(Gate::sigmoid, T(-1000)) == T(0));
   CHECK_FALSE(std::isnan(apply_gate(Gate::sigmoid, -std::numeric_limits<T>::infinity())));
-  for (double r : {-30.0, -3.0, -0.5, 0.25, 4.0, 20.0}) {
-    CHECK(static_cast<double>(sigmoid(T(r))) == doctest::Approx(1.0 / (1.0 + std::exp(-r))).epsilon(1e-6));
-    const double s = 1.0 / (1.0 + std::exp(-r));
-    CHECK(static_cast<double>(gate_derivative(Gate::sigmoid, T(r))) == doctest::Approx(s * (1 - s)).epsilon(1e-5));
+  // Relative to the value alone (scale 0): doctest's default would accept anything within
+  // the epsilon of 0 for the tiny values at r = -30 and the derivative at r = 20.
+  const double tolerance = std::is_same_v<T, float> ? 1e-6 : 1e-14;
+  for (double r : {-30.0, -3.0, -0.5, 0.25, 4.0, 20.0, 30.0}) {
+    const long double sl = 1.0L / (1.0L + std::exp(-static_cast<long double>(r)));
+    const long double derivative = std::exp(-static_cast<long double>(r)) * sl * sl;  // s (1 - s), no cancellation
+    CHECK(static_cast<double>(sigmoid(T(r))) == doctest::Approx(double(sl)).epsilon(tolerance).scale(0));
+    CHECK(static_cast<double>(gate_derivative(Gate::sigmoid, T(r))) ==
+          doctest::Approx(double(derivative)).epsilon(tolerance).scale(0));
   }
   CHECK(gate_derivative(Gate::identity, T(7)) == T(1));
 }

@@ -4,12 +4,22 @@
 
 #include <mixdepth/mixdepth.hpp>
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 namespace mixdepth::testing {
+
+// The larger of two errors, NaN when either is NaN (std::max keeps its first argument when
+// the second is NaN): a worst error must fail a `<= tolerance` check once any error is NaN,
+// as results computed from never-written scratch are under MIXDEPTH_POISON_SCRATCH.
+inline double worse(double a, double b) {
+  if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<double>::quiet_NaN();
+  return a < b ? b : a;
+}
 
 template <class T>
 RowMatrix<T> random_matrix(Index rows, Index cols, std::uint64_t seed) {

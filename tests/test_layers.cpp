@@ -50,7 +50,8 @@ double relative_difference(const A& actual, const Reference& reference) {
   if (reference.size() == 0) return 0.0;
   const Reference difference = actual.template cast<double>() - reference;
   const double scale = std::max(reference.cwiseAbs().maxCoeff(), 1e-300);
-  return difference.cwiseAbs().maxCoeff() / scale;
+  // NaN in the result propagates (a plain maxCoeff() may skip it) and fails the caller's check.
+  return difference.cwiseAbs().template maxCoeff<Eigen::PropagateNaN>() / scale;
 }
 
 template <class T>
@@ -248,7 +249,7 @@ TEST_CASE_TEMPLATE("RMSNorm normalises finite rows whose sum of squares overflow
       const long double scale = 1 / std::sqrt(sum / d + 1e-5L / m / m);
       for (Index c = 0; c < d; ++c) {
         const long double want = x(r, c) / m * scale * norm.weight()(c);
-        worst = std::max(worst, double(std::fabs(out(r, c) - want) / std::max(1.0L, std::fabs(want))));
+        worst = worse(worst, double(std::fabs(out(r, c) - want) / std::max(1.0L, std::fabs(want))));
       }
     }
     CHECK(worst <= tolerance<T>());
@@ -377,8 +378,8 @@ TEST_CASE("RoPE rotates queries and keys by the original position, scores see di
 
   // Values carry no position; queries and keys do, and change when positions move.
   CHECK(testing::bit_equal(base[2], moved[2]));
-  CHECK((base[0] - moved[0]).cwiseAbs().maxCoeff() > 1e-2);
-  CHECK((base[1] - moved[1]).cwiseAbs().maxCoeff() > 1e-2);
+  CHECK((base[0] - moved[0]).cwiseAbs().maxCoeff<Eigen::PropagateNaN>() > 1e-2);
+  CHECK((base[1] - moved[1]).cwiseAbs().maxCoeff<Eigen::PropagateNaN>() > 1e-2);
 
   // Yet every query-key score (query head h against its key head) is unchanged.
   for (Index head = 0; head < config.n_heads; ++head) {
@@ -387,7 +388,7 @@ TEST_CASE("RoPE rotates queries and keys by the original position, scores see di
       return RowMatrix<double>(qkv[0].middleCols(head * 8, 8) *
                                qkv[1].middleCols(kv_head * 8, 8).transpose());
     };
-    CHECK((scores(base) - scores(moved)).cwiseAbs().maxCoeff() <= 1e-10);
+    CHECK((scores(base) - scores(moved)).cwiseAbs().maxCoeff<Eigen::PropagateNaN>() <= 1e-10);
   }
 }
 
@@ -414,7 +415,7 @@ TEST_CASE_TEMPLATE("Attention depends on relative positions only: shifting a seq
     CHECK(testing::bit_equal(moved.topRows(middle), out.topRows(middle)));
     const RowMatrix<T> later = moved.middleRows(middle + 1, last - middle - 1) -
                                out.middleRows(middle + 1, last - middle - 1);
-    CHECK(later.cwiseAbs().maxCoeff() > 1e-3 * out.cwiseAbs().maxCoeff());
+    CHECK(later.cwiseAbs().maxCoeff<Eigen::PropagateNaN>() > 1e-3 * out.cwiseAbs().maxCoeff<Eigen::PropagateNaN>());
   }
 }
 
@@ -459,7 +460,7 @@ TEST_CASE_TEMPLATE("Attention is causal even when a later key's value is inf or 
       double worst = 0;
       for (Index r = 0; r < bad; ++r)
         for (Index c = 0; c < context.cols(); ++c)
-          worst = std::max(worst, std::fabs(double(context(r, c)) - double(expected(r, c))) /
+          worst = worse(worst, std::fabs(double(context(r, c)) - double(expected(r, c))) /
                                       std::max(1.0, std::fabs(double(expected(r, c)))));
       CHECK(context.topRows(bad).allFinite());
       CHECK(worst <= tolerance);

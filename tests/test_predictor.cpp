@@ -289,7 +289,7 @@ TEST_CASE("predictor: BCE gradient matches finite differences for every paramete
     };
     double worst = 0;
     auto compare = [&](double analytic, double fd) {
-      worst = std::max(worst, std::abs(analytic - fd) / std::max(1e-3, std::abs(fd)));
+      worst = worse(worst, std::abs(analytic - fd) / std::max(1e-3, std::abs(fd)));
     };
     for (Index c = 0; c < d; ++c)
       for (Index j = 0; j < h; ++j)
@@ -427,7 +427,7 @@ TEST_CASE("predictor: one Adam step follows the bias-corrected formula") {
   }
   const Vector<double> difference = flatten(predictor.parameters()) - p;
   MESSAGE("Adam: max difference from the by-hand update after 3 steps ", difference.cwiseAbs().maxCoeff());
-  CHECK(difference.cwiseAbs().maxCoeff() < 1e-12);
+  CHECK(difference.cwiseAbs().maxCoeff<Eigen::PropagateNaN>() < 1e-12);
   CHECK(adam.steps() == 3);
   // Each Adam step moves a weight by up to about the learning rate: three move some by more than one.
   CHECK((predictor.parameters().hidden_weight - CausalPredictor<double>(d, h, Activation::silu, 73).parameters().hidden_weight)

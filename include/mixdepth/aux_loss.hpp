@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "gate.hpp"
 #include "topk.hpp"
 #include "types.hpp"
 
@@ -62,16 +63,10 @@ T binary_cross_entropy_with_logit(T z, T target) {
   return std::max(z, T(0)) - z * target + std::log1p(std::exp(-std::abs(z)));
 }
 
-// Stable sigmoid (the same formula as gate.hpp's, kept here so this header stands alone).
-template <class T>
-T logistic(T z) {
-  if (z >= T(0)) return T(1) / (T(1) + std::exp(-z));
-  const T e = std::exp(z);
-  return e / (T(1) + e);
-}
-
 // BCE terms of `count` tokens, summed in double (a float sum over many tokens would lose
 // digits); writes (sigmoid(z_i) - t_i) * scale to gradient[i] when gradient is non-null.
+// For t = 1 that is -sigmoid(-z_i) * scale, computed so: 1 - sigmoid(z) would cancel to
+// nothing for confident tokens (in float, z above about 17 would give exactly 0).
 template <class T>
 double binary_cross_entropy_run(const T* logits, const std::uint8_t* targets, Index count, T scale,
                                 T* gradient) {
@@ -79,7 +74,7 @@ double binary_cross_entropy_run(const T* logits, const std::uint8_t* targets, In
   for (Index i = 0; i < count; ++i) {
     const T t = targets[i] != 0 ? T(1) : T(0);
     total += static_cast<double>(binary_cross_entropy_with_logit(logits[i], t));
-    if (gradient != nullptr) gradient[i] = (logistic(logits[i]) - t) * scale;
+    if (gradient != nullptr) gradient[i] = (t != T(0) ? -sigmoid(-logits[i]) : sigmoid(logits[i])) * scale;
   }
   return total;
 }

@@ -22,12 +22,12 @@ T apply_gate(Gate gate, T r) {
   return gate == Gate::identity ? r : sigmoid(r);
 }
 
-// dg/dr, for the backward pass.
+// dg/dr, for the backward pass. The sigmoid's, s (1 - s), as sigmoid(r) sigmoid(-r): 1 - s
+// would cancel for large r (in float, to exactly 0 from r of about 17 on).
 template <class T>
 T gate_derivative(Gate gate, T r) {
   if (gate == Gate::identity) return T(1);
-  const T s = sigmoid(r);
-  return s * (T(1) - s);
+  return sigmoid(r) * sigmoid(-r);
 }
 
 }  // namespace mixdepth
