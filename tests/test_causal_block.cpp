@@ -1,6 +1,8 @@
 // Block::forward_causal: routing by a per-token causal rule instead of top-k.
 #include "test_helpers.hpp"
 
+#include <stdexcept>
+
 using namespace mixdepth;
 using namespace mixdepth::testing;
 
@@ -24,7 +26,39 @@ struct RouteAll {
   }
 };
 
+template <class T>
+struct ThrowingRule {
+  void route(MatrixCRef<T>, std::span<const T>, std::span<std::uint8_t>, Arena<T>&) const {
+    throw std::runtime_error("rule failed");
+  }
+};
+
 }  // namespace
+
+// The workspace's views must fit its buffers after a forward that threw: the last forward's
+// 256 routed rows of width 8 were once mapped at the new width 16 (a read past update's end).
+TEST_CASE("a forward that throws leaves the workspace's views empty, not the last forward's rows at a new width") {
+  Workspace<float> ws;
+  const RowMatrix<float> narrow = random_matrix<float>(256, 8, 311);
+  RowMatrix<float> narrow_y(256, 8);
+  Block<float, PositionRecorder<float>> block8(Router<float>(random_vector<float>(8, 312)), Capacity::fraction(1.0),
+                                               PositionRecorder<float>{});
+  block8.forward(narrow, Shape{4, 64}, narrow_y, ws);
+  REQUIRE(ws.update().rows() == 256);
+  const RowMatrix<float> wide = random_matrix<float>(1, 16, 313);
+  RowMatrix<float> wide_y(1, 16);
+  Block<float, PositionRecorder<float>> block16(Router<float>(random_vector<float>(16, 314)),
+                                                Capacity::fraction(1.0), PositionRecorder<float>{});
+  CHECK_THROWS_AS(block16.forward_causal(wide, Shape{1, 1}, wide_y, ws, ThrowingRule<float>{}), std::runtime_error);
+  CHECK(ws.update().rows() == 0);
+  CHECK(ws.routed_x().rows() == 0);
+  CHECK(ws.gates().empty());
+  CHECK(ws.routed_rows().empty());
+  CHECK(ws.logits().size() <= 1);
+  // And the workspace still works.
+  block16.forward(wide, Shape{1, 1}, wide_y, ws);
+  CHECK(ws.update().rows() == 1);
+}
 
 TEST_CASE_TEMPLATE("forward_causal with RouterThreshold routes exactly the tokens with r > threshold", T, float, double) {
   const Index d = 9;

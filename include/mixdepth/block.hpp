@@ -44,14 +44,26 @@ inline void check_starts(std::string_view where, Shape shape, std::span<const In
 // unit's instruction set (tests/package/odr/check_shared_code.sh).
 template <class Arch>
 struct BlockForward {
+  // Starts a forward of `shape` with rows of d numbers and capacity k. The workspace first
+  // forgets the last forward's rows, so that when anything after this throws (an
+  // allocation, a causal rule, f) its accessors view no rows of the old count over buffers
+  // sized for the new width.
+  template <class T>
+  static void begin(Workspace<T>& ws, Shape shape, Index d, Index k, Index logit_rows) {
+    ws.routed_ = 0;
+    ws.routed_x_rows_ = 0;
+    ws.logit_rows_ = 0;
+    ws.reserve(shape, d, k);
+    ws.shape_ = shape;
+    ws.k_ = k;
+    ws.dim_ = d;
+    ws.logit_rows_ = logit_rows;
+  }
+
   template <class T>
   static void score(const Router<T>& router, MatrixCRef<T> x, Shape shape, Workspace<T>& ws,
                     Index k) {
-    ws.reserve(shape, router.dim(), k);
-    ws.shape_ = shape;
-    ws.k_ = k;
-    ws.dim_ = router.dim();
-    ws.logit_rows_ = shape.rows();
+    begin(ws, shape, router.dim(), k, shape.rows());
     if (shape.rows() == 0) return;
     // Per sequence (rows are independent: the same logits at any thread count).
     for_each_sequence(ws, shape.batch, [&](Index b, int) {
@@ -136,11 +148,8 @@ struct BlockForward {
   static void dense(F& f, MatrixCRef<T> x, Shape shape, T* y_data, Index y_stride,
                     Workspace<T>& ws, std::span<const Index> lengths, std::span<const Index> starts) {
     const Index d = x.cols();
-    ws.reserve(shape, d, shape.seq_len);
-    ws.shape_ = shape;
+    begin(ws, shape, d, shape.seq_len, 0);  // no router, no logits
     ws.k_ = 0;
-    ws.dim_ = d;
-    ws.logit_rows_ = 0;  // no router
     Index n = 0;
     ws.offsets_[0] = 0;
     for (Index b = 0; b < shape.batch; ++b) {
