@@ -330,6 +330,12 @@ TEST_CASE("decoder: bad reset, config and layer_inputs calls throw before anythi
   CHECK(unchanged());
   require_mentions(error_message([&] { decoder.reset(0, 8, 8); }), {"Decoder::reset", "batch", ">= 1", "0"});
   CHECK(unchanged());
+  // A cache that cannot be made (here too large; a failed allocation alike) after others
+  // could: the layers before it keep theirs too.
+  REQUIRE_FALSE(decoder.is_routed(0));
+  require_mentions(error_message([&] { decoder.reset(1, 8, Index{1} << 40); }), {"KvCache::reserve", "capacity"});
+  CHECK(unchanged());
+  decoder.restore(before);  // still the same reset's checkpoint
 
   // layer_inputs is handed over only when every layer has run: a bad length leaves it as it was.
   std::vector<RowMatrix<float>> inputs(5, RowMatrix<float>::Constant(2, 3, 7.f));
@@ -417,4 +423,17 @@ TEST_CASE("decoder: restore() rejects a checkpoint that is not of this decoder's
   const std::string got = "got " + std::to_string(single.sizes.size());
   require_mentions(error_message([&] { decoder.restore(single); }),
                    {"checkpoint.sizes.size() (layers * batch)", got.c_str()});
+
+  // A checkpoint from before a reset() of the same shape: after a new, longer prompt its
+  // sizes fit, but the caches hold other tokens now.
+  decoder.reset(1, 16, 16);
+  const RowMatrix<float> other = random_matrix<float>(10, 32, 16);
+  RowMatrix<float> other_y(10, 32);
+  decoder.prefill(other, Shape{1, 10}, other_y, Routing::top_k);
+  const std::size_t other_bytes = decoder.kv_bytes();
+  require_mentions(error_message([&] { decoder.restore(single); }),
+                   {"Decoder::restore", "checkpoint.epoch", "since the last reset()"});
+  CHECK(decoder.kv_bytes() == other_bytes);
+  CHECK(decoder.positions()[0] == 10);
+  decoder.restore(decoder.checkpoint());  // one of this reset's: fine
 }

@@ -4,6 +4,7 @@
 // for autoregressive decoding (README.md, Semantics). MoD layers route by top-k over a whole
 // prompt, or causally (a CausalPredictor, or the router's logit) token by token; a token a
 // layer skips never enters that layer's cache.
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
@@ -114,21 +115,30 @@ class Decoder {
   // context longer than the workspace has room for grows its scratch once more, to double
   // (a step keeps one row of scores per query head of a KV head's group: at d = 512 with 4
   // query heads to a KV head, thousands of tokens past the prompt; fewer with larger
-  // groups). Bad arguments throw before anything changes.
+  // groups). Bad arguments throw before anything changes, and so does a failed allocation:
+  // everything new is built before the decoder takes it.
   void reset(Index batch, Index dense_tokens, Index routed_tokens) {
     constexpr std::string_view where = "Decoder::reset";
     if (batch < 1) detail::fail(where, "batch", ">= 1", batch);
     if (dense_tokens < 0) detail::fail(where, "dense_tokens", ">= 0", dense_tokens);
     if (routed_tokens < 0) detail::fail(where, "routed_tokens", ">= 0", routed_tokens);
-    for (auto& l : layers_) {
-      l->cache = KvCache<T>(batch, config_.attention.kv_width(), l->routed ? routed_tokens : dense_tokens);
-      l->visits = l->routed_visits = 0;
+    std::vector<KvCache<T>> caches;
+    caches.reserve(layers_.size());
+    for (const auto& l : layers_)
+      caches.emplace_back(batch, config_.attention.kv_width(), l->routed ? routed_tokens : dense_tokens);
+    std::vector<Index> positions(std::size_t(batch), 0);
+    Checkpoint rollback{std::vector<Index>(layers_.size() * std::size_t(batch), 0), positions, epoch_ + 1};
+    RowMatrix<T> step_in(batch, dim()), step_out(batch, dim());
+    // Nothing throws from here on.
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      layers_[i]->cache = std::move(caches[i]);
+      layers_[i]->visits = layers_[i]->routed_visits = 0;
     }
-    positions_.assign(std::size_t(batch), 0);
-    rollback_.sizes.assign(layers_.size() * std::size_t(batch), 0);
-    rollback_.positions.assign(std::size_t(batch), 0);
-    step_in_ = RowMatrix<T>(batch, dim());
-    step_out_ = RowMatrix<T>(batch, dim());
+    positions_.swap(positions);
+    std::swap(rollback_, rollback);
+    step_in_.swap(step_in);
+    step_out_.swap(step_out);
+    ++epoch_;
   }
 
   // Runs the prompt x ([batch * seq_len, d], padding after lengths[b]) through every layer,
@@ -201,20 +211,26 @@ class Decoder {
   struct Checkpoint {
     std::vector<Index> sizes;
     std::vector<Index> positions;
+    std::uint64_t epoch = 0;  // which reset() the decoder had had (restore() checks it)
   };
   Checkpoint checkpoint() const {
     Checkpoint c;
     save_into(c);
     return c;
   }
-  // Requires a checkpoint of this decoder since its last reset(): every size and position
-  // at most the current one. Checked before anything changes.
+  // Requires a checkpoint of this decoder since its last reset() (checked: a checkpoint
+  // from before it throws) on the current line of decoding: every size and position at most
+  // the current one. (A checkpoint from a branch abandoned by restoring an earlier one is
+  // not detected.) Checked before anything changes.
   void restore(const Checkpoint& c) {
     constexpr std::string_view where = "Decoder::restore";
     const std::size_t batch_size = std::size_t(batch());
     detail::require_equal(where, "checkpoint.sizes.size() (layers * batch)", Index(layers_.size() * batch_size),
                           Index(c.sizes.size()));
     detail::require_equal(where, "checkpoint.positions.size() (batch)", batch(), Index(c.positions.size()));
+    if (c.epoch != epoch_)
+      detail::fail(where, "checkpoint.epoch",
+                   std::to_string(epoch_) + " (a checkpoint taken since the last reset())", c.epoch);
     for (std::size_t l = 0; l < layers_.size(); ++l)
       for (std::size_t b = 0; b < batch_size; ++b) {
         const Index size = c.sizes[l * batch_size + b], now = layers_[l]->cache.size(Index(b));
@@ -268,6 +284,7 @@ class Decoder {
     for (std::size_t l = 0; l < layers_.size(); ++l)
       for (Index b = 0; b < batch(); ++b) c.sizes[l * std::size_t(batch()) + std::size_t(b)] = layers_[l]->cache.size(b);
     c.positions.assign(positions_.begin(), positions_.end());
+    c.epoch = epoch_;
   }
 
   template <class B>
@@ -333,6 +350,7 @@ class Decoder {
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<Index> positions_;
   Checkpoint rollback_;  // where a prefill or step that throws returns to
+  std::uint64_t epoch_ = 0;  // reset() calls so far: a checkpoint belongs to one of them
   std::vector<long> routed_this_step_;  // per layer: rows the current step routed
   RowMatrix<T> step_in_, step_out_;
   Workspace<T> workspace_;
