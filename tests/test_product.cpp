@@ -109,6 +109,28 @@ TEST_CASE("Arena: a moved-from arena is empty and usable, the moved-to one keeps
   CHECK(aligned(moved.take(7).data()));
 }
 
+TEST_CASE("Arena: rewinding to a mark whose chunk a reset() merged away throws and changes nothing") {
+  Arena<float> arena;
+  (void)arena.take(16);
+  (void)arena.take(64);
+  (void)arena.take(1000);  // a second chunk, then a third
+  const auto stale = arena.mark();
+  REQUIRE(stale.chunk >= 1);
+  arena.reset();  // one chunk now
+  const float* first = arena.take(8).data();
+  const std::string named = "chunk " + std::to_string(stale.chunk);
+  require_mentions(error_message([&] { arena.rewind(stale); }),
+                   {"Arena::rewind", "m", "within this arena's 1 chunk(s)", named.c_str()});
+  CHECK(arena.take(8).data() == first + 16);  // the position stayed where it was
+  const auto fresh = arena.mark();
+  (void)arena.take(100);
+  arena.rewind(fresh);
+  CHECK(arena.take(8).data() == first + 32);
+  Arena<float> empty;
+  empty.rewind(empty.mark());  // an empty arena's own mark is fine
+  CHECK(empty.take(4).size() == 4);
+}
+
 TEST_CASE("Arena: in the test build every new chunk starts as NaN, the merged one after reset() too") {
   // The suite's guard against code that reads scratch before writing it: such a result then
   // carries a NaN instead of a zero that happened to be there (MIXDEPTH_POISON_SCRATCH).

@@ -10,6 +10,7 @@
 #include <memory>
 #include <new>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -100,7 +101,15 @@ class Arena {
   }
 
   Mark mark() const { return {current_, used_}; }
+  // Back to a mark of this arena. A mark taken before a reset() that merged the chunks may
+  // name a chunk that no longer exists: that throws mixdepth::Error (it would index past the
+  // chunk list) and changes nothing.
   void rewind(Mark m) {
+    const bool exists = m.chunk < chunks_.size() ? m.used >= 0 && m.used <= chunks_[m.chunk].size
+                                                 : m.chunk == chunks_.size() && m.used == 0;
+    if (!exists)
+      detail::fail("Arena::rewind", "m", "a mark within this arena's " + std::to_string(chunks_.size()) + " chunk(s)",
+                   "chunk " + std::to_string(m.chunk) + ", offset " + std::to_string(m.used));
     current_ = m.chunk;
     used_ = m.used;
   }
