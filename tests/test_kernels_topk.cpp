@@ -135,6 +135,41 @@ TEST_CASE_TEMPLATE("kernel top_k equals top_k_portable: random shapes and mixtur
   CHECK(failures == 0);
 }
 
+// top_k_portable, the kernels' reference above, shares order_key.hpp with them: here it meets
+// the contract written with plain comparisons, on every distribution, at sizes across the
+// vector widths and the sampling thresholds, with and without padding.
+TEST_CASE_TEMPLATE("top_k_portable equals a brute-force sort by the contract's rules, sizes to 2500", T, float, double) {
+  std::mt19937_64 rng(5);
+  long checked = 0;
+  int failures = 0;
+  std::vector<std::ptrdiff_t> sizes;
+  for (std::ptrdiff_t n = 1; n <= 70; ++n) sizes.push_back(n);
+  for (std::ptrdiff_t n : {127, 128, 129, 255, 256, 257, 511, 512, 1000, 1023, 1024, 1025, 2047, 2048, 2500})
+    sizes.push_back(n);
+  for (const std::ptrdiff_t n : sizes) {
+    for (int d = 0; d < int(distribution::count) && failures < 5; ++d) {
+      const auto s = make_scores<T>(rng, n, distribution(d));
+      const std::ptrdiff_t some_valid = std::ptrdiff_t(rng() % std::uint64_t(n + 1));
+      for (std::ptrdiff_t k : {std::ptrdiff_t(0), std::ptrdiff_t(1), n / 8, n / 2, n - 1, n,
+                               std::ptrdiff_t(rng() % std::uint64_t(n + 1))}) {
+        if (k < 0) continue;
+        for (std::ptrdiff_t valid : {n, some_valid}) {
+          const bool same = portable_top_k(s, k, valid) == brute_force_top_k(s, k, valid);
+          if (!same) {
+            INFO("n=", n, " k=", k, " valid=", valid, " distribution=", std::string(name_of(distribution(d))));
+            CHECK(same);
+            ++failures;
+          }
+          ++checked;
+        }
+      }
+    }
+  }
+  MESSAGE(checked, " inputs");
+  CHECK(checked > 10000);
+  CHECK(failures == 0);
+}
+
 TEST_CASE("rank keys order values exactly as order_key does, for float and double") {
   auto check = [](auto zero) {
     using T = decltype(zero);

@@ -1,5 +1,6 @@
 // select_top_k against an independent brute-force reference and the contract's rules.
 #include "test_helpers.hpp"
+#include "test_kernels_common.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -8,31 +9,9 @@
 
 using namespace mixdepth;
 using namespace mixdepth::testing;
+using mixdepth::kernels_testing::brute_force_top_k;
 
 namespace {
-
-// The contract, written without order keys: valid before padding, numbers before NaN,
-// larger before smaller (-0 == +0), then the lower position.
-template <class T>
-std::vector<Position> brute_force_top_k(const std::vector<T>& s, Index k, Index valid) {
-  const auto n = static_cast<Position>(s.size());
-  std::vector<Position> order(static_cast<std::size_t>(n));
-  std::iota(order.begin(), order.end(), 0);
-  auto ranks_before = [&](Position a, Position b) {
-    const bool pad_a = a >= valid, pad_b = b >= valid;
-    if (pad_a != pad_b) return !pad_a;
-    if (pad_a) return a < b;
-    const T va = s[std::size_t(a)], vb = s[std::size_t(b)];
-    const bool nan_a = std::isnan(va), nan_b = std::isnan(vb);
-    if (nan_a != nan_b) return !nan_a;
-    if (!nan_a && va != vb) return va > vb;
-    return a < b;
-  };
-  std::sort(order.begin(), order.end(), ranks_before);
-  order.resize(static_cast<std::size_t>(std::min<Index>(k, n)));
-  std::sort(order.begin(), order.end());
-  return order;
-}
 
 template <class T>
 std::vector<Position> top_k_of(const std::vector<T>& s, Index k, Index valid = -1) {
