@@ -162,7 +162,7 @@ double worst_row_error(const RowMatrix<T>& y, const RowMatrix<double>& golden) {
   for (Index r = 0; r < golden.rows(); ++r) {
     const double scale = golden.row(r).norm();
     const double error = (y.row(r).template cast<double>() - golden.row(r)).norm();
-    worst = worse(worst, scale > 0.0 ? error / scale : error);
+    worst = testing::worse(worst, scale > 0.0 ? error / scale : error);
   }
   return worst;
 }

@@ -2,6 +2,7 @@
 // loops written here, plus the properties a MoD block relies on: original positions, causality,
 // independent sequences, scratch discipline, and composition with sequential() and Block.
 #include "test_helpers.hpp"
+#include "heap_counter.hpp"
 
 #include <algorithm>
 #include <array>
@@ -249,7 +250,7 @@ TEST_CASE_TEMPLATE("RMSNorm normalises finite rows whose sum of squares overflow
       const long double scale = 1 / std::sqrt(sum / d + 1e-5L / m / m);
       for (Index c = 0; c < d; ++c) {
         const long double want = x(r, c) / m * scale * norm.weight()(c);
-        worst = worse(worst, double(std::fabs(out(r, c) - want) / std::max(1.0L, std::fabs(want))));
+        worst = testing::worse(worst, double(std::fabs(out(r, c) - want) / std::max(1.0L, std::fabs(want))));
       }
     }
     CHECK(worst <= tolerance<T>());
@@ -415,7 +416,7 @@ TEST_CASE_TEMPLATE("Attention depends on relative positions only: shifting a seq
     CHECK(testing::bit_equal(moved.topRows(middle), out.topRows(middle)));
     const RowMatrix<T> later = moved.middleRows(middle + 1, last - middle - 1) -
                                out.middleRows(middle + 1, last - middle - 1);
-    CHECK(later.cwiseAbs().maxCoeff<Eigen::PropagateNaN>() > 1e-3 * out.cwiseAbs().maxCoeff<Eigen::PropagateNaN>());
+    CHECK(later.cwiseAbs().template maxCoeff<Eigen::PropagateNaN>() > 1e-3 * out.cwiseAbs().template maxCoeff<Eigen::PropagateNaN>());
   }
 }
 
@@ -460,7 +461,7 @@ TEST_CASE_TEMPLATE("Attention is causal even when a later key's value is inf or 
       double worst = 0;
       for (Index r = 0; r < bad; ++r)
         for (Index c = 0; c < context.cols(); ++c)
-          worst = worse(worst, std::fabs(double(context(r, c)) - double(expected(r, c))) /
+          worst = testing::worse(worst, std::fabs(double(context(r, c)) - double(expected(r, c))) /
                                       std::max(1.0, std::fabs(double(expected(r, c)))));
       CHECK(context.topRows(bad).allFinite());
       CHECK(worst <= tolerance);
@@ -908,9 +909,9 @@ TEST_CASE_TEMPLATE("Layers take scratch from the arena, give it back, and stop g
 }
 
 #ifdef EIGEN_RUNTIME_NO_MALLOC
-// Eigen enforces set_is_malloc_allowed(false) with an assertion, so this bites in builds with
-// assertions on; the arena check below holds in every build. test_zero_alloc.cpp counts every
-// malloc at real sizes, where the products' packing buffers come from the arena.
+// Every malloc is counted (heap_counter; not under ASan, which owns malloc), and Eigen's own
+// are also refused by set_is_malloc_allowed(false) in builds with assertions on; the arena
+// check holds in every build. test_zero_alloc.cpp does the same at real sizes.
 TEST_CASE_TEMPLATE("After a warm-up call the layers allocate nothing (small shapes)", T, float,
                    double) {
   const AttentionConfig config{32, 4, 2, 8, 10000.0, 1e-6};
@@ -926,15 +927,17 @@ TEST_CASE_TEMPLATE("After a warm-up call the layers allocate nothing (small shap
     attention(batch.x.topRows(96), dense_out, &arena);
     attention.project(batch.x.topRows(1), at, queries, keys, values, &arena);
     attention.attend(queries, at, keys, values, at, context, &arena);
-    attention.project_output(context, step);
     attention.project_output(context, step, &arena);
   };
   calls();
+  attention.project_output(context, step);  // no arena: a local one, which allocates
   arena.reset();
   const Index grown = arena.capacity();
+  const long heap_before = heap_counter::count();  // every malloc, where active (not under ASan)
   Eigen::internal::set_is_malloc_allowed(false);
   calls();
   Eigen::internal::set_is_malloc_allowed(true);
+  CHECK(heap_counter::count() - heap_before == 0);
   CHECK(arena.capacity() == grown);
 }
 #endif

@@ -2,6 +2,7 @@
 // CausalRule, the BCE gradient against finite differences, Adam, the stop gradient, learning
 // top-k membership to the paper's accuracy, threshold calibration, metrics, argument checks.
 #include "test_helpers.hpp"
+#include "heap_counter.hpp"
 
 #include <mixdepth/predictor.hpp>
 
@@ -219,7 +220,7 @@ TEST_CASE_TEMPLATE("predictor: loss, evaluate and calibrate_threshold read the l
   }
 }
 
-TEST_CASE("predictor: logits and route reuse the arena and make no Eigen heap allocation after warm-up") {
+TEST_CASE("predictor: logits and route reuse the arena and make no heap allocation after warm-up") {
   const Index rows = 64, d = 32, h = 16;
   const CausalPredictor<float> predictor(d, h, Activation::silu, 8);
   const RowMatrix<float> x = random_matrix<float>(rows, d, 9);
@@ -231,13 +232,15 @@ TEST_CASE("predictor: logits and route reuse the arena and make no Eigen heap al
   const Index held = arena.capacity();
   REQUIRE(held >= rows * h);
   const auto start = arena.mark();
-  // Eigen asserts on a forbidden malloc in builds with assertions (small shapes: larger GEMMs
-  // pack into a heap buffer of Eigen's own); the arena checks below hold in every build.
+  // Every malloc is counted (heap_counter, where active), and Eigen asserts on a forbidden one
+  // in builds with assertions; the arena checks below hold in every build.
+  const long heap_before = heap_counter::count();  // every malloc, where active (not under ASan)
   Eigen::internal::set_is_malloc_allowed(false);
   predictor.logits(x, z, arena);
   predictor.route(x, {}, routed, arena);
   predictor.route(x.topRows(1), {}, std::span(routed).first(1), arena);  // a decode step: one row
   Eigen::internal::set_is_malloc_allowed(true);
+  CHECK(heap_counter::count() - heap_before == 0);
   CHECK(arena.capacity() == held);
   // Each call rewound what it took.
   CHECK(arena.mark().chunk == start.chunk);
