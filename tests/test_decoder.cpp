@@ -365,6 +365,72 @@ TEST_CASE("decoder: bad reset, config and layer_inputs calls throw before anythi
   config = small_config();
   config.predictor_hidden = 0;
   require_mentions(error_message([&] { Decoder<float>(config, 1); }), {"Decoder", "config.predictor_hidden", ">= 1", "0"});
+  config = small_config();
+  config.layers = 0;
+  require_mentions(error_message([&] { Decoder<float>(config, 1); }), {"Decoder", "config.layers", ">= 1", "0"});
+  config = small_config();
+  config.mod_every = -1;
+  require_mentions(error_message([&] { Decoder<float>(config, 1); }), {"Decoder", "config.mod_every", ">= 0", "-1"});
+  config = small_config();
+  config.mlp.d_model = 16;
+  require_mentions(error_message([&] { Decoder<float>(config, 1); }), {"Decoder", "config.mlp.d_model", "expected 32", "got 16"});
+  require_mentions(error_message([&] { (void)decoder.is_routed(4); }), {"Decoder", "layer", "in [0, 4)", "4"});
+
+  // mod_every: layer l is MoD when (l + 1) % mod_every == 0; 0 makes none MoD.
+  for (const Index every : {Index(0), Index(1), Index(2), Index(3)}) {
+    config = small_config();
+    config.mod_every = every;
+    const Decoder<float> d(config, 1);
+    for (Index l = 0; l < d.layers(); ++l) {
+      INFO("mod_every ", every, ", layer ", l);
+      CHECK(d.is_routed(l) == (every > 0 && (l + 1) % every == 0));
+    }
+  }
+
+  // Steps and prefills need reset() first.
+  Decoder<float> fresh(small_config(), 2);
+  RowMatrix<float> one(1, 32), one_out(1, 32);
+  require_mentions(error_message([&] { fresh.step(one, one_out, Routing::router); }), {"decoder", "reset(batch, ...) called first"});
+  require_mentions(error_message([&] { fresh.prefill(one, Shape{1, 1}, one_out, Routing::top_k); }),
+                   {"reset(batch, ...) called first"});
+}
+
+TEST_CASE("KvCache and CachedAttention reject bad shapes, positions and sequences, naming them") {
+  require_mentions(error_message([] { KvCache<float>(-1, 4, 2); }), {"KvCache", "batch", ">= 0", "-1"});
+  require_mentions(error_message([] { KvCache<float>(1, 0, 2); }), {"KvCache", "width", ">= 1", "0"});
+  require_mentions(error_message([] { KvCache<float>(1, 4, -3); }), {"capacity", ">= 0", "-3"});
+  KvCache<float> cache(2, 4, 3);
+  CHECK(cache.token_bytes() == 2 * 4 * sizeof(float) + sizeof(Position));
+  const RowMatrix<float> kv = random_matrix<float>(2, 4, 5);
+  const std::vector<Position> at{3, 7};
+  cache.check_append("test", 0, 2, at);
+  cache.append_unchecked(0, kv, kv, 0, 2, at);
+  // New positions must come after every cached one, and ascend.
+  const std::vector<Position> again{7}, later{9, 8};
+  require_mentions(error_message([&] { cache.check_append("test", 0, 1, again); }),
+                   {"test", "position of new token 0 of sequence 0", "> 7", "got 7"});
+  require_mentions(error_message([&] { cache.check_append("test", 1, 2, later); }),
+                   {"position of new token 1 of sequence 1", "> 9", "got 8"});
+  require_mentions(error_message([&] { cache.check_append("test", 2, 0, {}); }), {"sequence", "[0, 2)", "2"});
+  CHECK(cache.size(0) == 2);
+  cache.clear();  // forgets the tokens, keeps the room
+  CHECK(cache.size(0) == 0);
+  CHECK(cache.tokens() == 0);
+  CHECK(cache.capacity() == 3);
+  cache.check_append("test", 0, 1, again);  // position 7 is fine again after clear()
+
+  const auto attention = layers::Attention<float>::random({16, 4, 2, 4}, 1);  // kv width 8
+  require_mentions(error_message([&] { (void)layers::CachedAttention<float>(attention, cache); }),
+                   {"CachedAttention", "cache.width()", "expected 8", "got 4"});
+  KvCache<float> two(2, 8, 4);
+  const layers::CachedAttention<float> cached(attention, two);
+  const RowMatrix<float> x = random_matrix<float>(1, 16, 6);
+  const std::vector<Position> positions{0};
+  const std::vector<Index> offsets{0, 1};  // one sequence for a cache of two
+  RowMatrix<float> out(1, 16);
+  require_mentions(error_message([&] { cached(Routed<float>{x, positions, offsets, nullptr}, out); }),
+                   {"CachedAttention", "in.batch() (sequences, one per cache sequence)", "expected 2", "got 1"});
+  CHECK(two.tokens() == 0);
 }
 
 TEST_CASE("decoder: restore() returns to a checkpoint and decoding again gives the same output") {

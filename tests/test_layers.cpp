@@ -260,6 +260,27 @@ TEST_CASE_TEMPLATE("RMSNorm normalises finite rows whose sum of squares overflow
   }
 }
 
+TEST_CASE("RotaryEmbedding rejects bad head sizes, theta and shapes, and its frequencies are theta^(-2i/d)") {
+  using layers::RotaryEmbedding;
+  require_mentions(error_message([] { RotaryEmbedding<float>(7, 10000.0); }), {"RotaryEmbedding", "head_dim", "even", "got 7"});
+  require_mentions(error_message([] { RotaryEmbedding<float>(0, 10000.0); }), {"head_dim", ">= 2", "got 0"});
+  require_mentions(error_message([] { RotaryEmbedding<float>(8, 0.0); }), {"theta", "> 0", "got 0"});
+  require_mentions(error_message([] { RotaryEmbedding<float>(8, std::numeric_limits<double>::infinity()); }), {"theta", "finite"});
+  const RotaryEmbedding<double> rope(8, 500.0);
+  for (Index i = 0; i < 4; ++i) CHECK(rope.inverse_frequency(i) == doctest::Approx(std::pow(500.0, -2.0 * i / 8)).scale(0));
+  RowMatrix<double> rows = random_matrix<double>(3, 16, 4);
+  const RowMatrix<double> before = rows;
+  const std::vector<Position> two{0, 1}, three{0, 1, 2};
+  require_mentions(error_message([&] { rope.rotate(rows, two); }), {"RotaryEmbedding::rotate", "positions.size()", "expected 3", "got 2"});
+  RowMatrix<double> ragged = random_matrix<double>(3, 12, 5);
+  require_mentions(error_message([&] { rope.rotate(ragged, three); }), {"rows.cols()", "multiple of head_dim (8)", "got 12"});
+  CHECK(testing::bit_equal(rows, before));
+  rope.rotate(rows, three);
+  CHECK(testing::bit_equal(rows.row(0), before.row(0)));  // position 0: no rotation
+  CHECK_FALSE(testing::bit_equal(rows.row(2), before.row(2)));
+  CHECK(rows.row(2).norm() == doctest::Approx(before.row(2).norm()).scale(0));  // a rotation keeps lengths
+}
+
 TEST_CASE("RMSNorm rejects an empty weight, a bad eps and mismatched shapes") {
   require_mentions(error_message([] { RMSNorm<float>(Vector<float>()); }), {"weight.size()"});
   require_mentions(error_message([] { RMSNorm<float>(Vector<float>::Ones(4), 0.0f); }),
