@@ -1,6 +1,7 @@
 // Capacity rounding, the router, the gate and argument checking of the small pieces.
 #include "test_helpers.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -118,6 +119,13 @@ TEST_CASE("Router rejects mismatched shapes and leaves the logits untouched") {
                    {"logits.size()", "expected 3", "got 2"});
   CHECK((short_logits.array() == 42.f).all());
   require_mentions(error_message([] { Router<float> empty(Vector<float>(0)); }), {"weight.size()"});
+  // Logits written into x itself: what a later row reads would depend on the kernel's order.
+  std::vector<float> buffer(8 * 4 + 8, 1.f);
+  const Eigen::Map<const RowMatrix<float>> shared_x(buffer.data(), 8, 4);
+  Eigen::Map<Vector<float>> inside(buffer.data() + 12, 8);
+  require_mentions(error_message([&] { router.score(shared_x, inside); }),
+                   {"Router::score", "logits", "memory disjoint from x", "overlapping"});
+  CHECK(std::all_of(buffer.begin(), buffer.end(), [](float v) { return v == 1.f; }));
 }
 
 TEST_CASE_TEMPLATE("Gates: identity passes r through, sigmoid is stable for large |r|", T, float, double) {

@@ -5,11 +5,13 @@
 // kernels/gemm.hpp that a coefficient does not depend on the other rows and columns of the
 // product, and that edge tiles write nothing outside C. This file is an executable of its
 // own compiled with -ffp-contract=fast (tests/CMakeLists.txt), as a user's code may be: the
-// kernel's bits must not depend on it (the reference's bound covers any contraction). CI's
+// kernel's bits must not depend on it (the reference's bound covers any contraction); nor
+// may the router kernel's promise that a row alone gets its bits in a batch. CI's
 // 32-bit step compiles it with the other kernel tests, contraction off.
 #include "test_kernels_common.hpp"
 
 #include <mixdepth/kernels/gemm.hpp>
+#include <mixdepth/kernels/rows_simd.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -313,4 +315,32 @@ TEST_CASE_TEMPLATE("kernel gemm: next_panel names the next panel read in place, 
       CHECK(outside == 0);
     }
   });
+}
+
+// Under contraction, a multiply and an add that the kernel leaves to the compiler could be
+// fused in the four-row loop and not in the one-row loop (it was, on SSE2 and AVX2 without
+// FMA tags): every row scored alone must still get the bits it gets among others.
+TEST_CASE_TEMPLATE("router_scores: a row alone has its bits in a batch, on every architecture, contraction on", T, float,
+                   double) {
+  std::mt19937_64 rng(31);
+  std::normal_distribution<double> normal;
+  long differ = 0, checked = 0;
+  for_each_arch([&](auto arch) {
+    using Arch = decltype(arch);
+    for (std::ptrdiff_t d = 1; d <= 700; d += 23) {
+      const std::ptrdiff_t rows = 9;
+      std::vector<T> x(static_cast<std::size_t>(rows * d)), w(static_cast<std::size_t>(d)),
+          all(static_cast<std::size_t>(rows)), one(1);
+      for (auto& v : x) v = T(normal(rng));
+      for (auto& v : w) v = T(normal(rng));
+      kernels::router_scores<Arch, T>(x.data(), d, rows, d, w.data(), T(0.25), all.data());
+      for (std::ptrdiff_t r = 0; r < rows; ++r) {
+        kernels::router_scores<Arch, T>(x.data() + r * d, d, 1, d, w.data(), T(0.25), one.data());
+        differ += std::memcmp(&one[0], &all[std::size_t(r)], sizeof(T)) != 0;
+        ++checked;
+      }
+    }
+  });
+  CHECK(checked > 0);
+  CHECK(differ == 0);
 }

@@ -20,13 +20,15 @@ class Router {
   const Vector<T>& weight() const { return weight_; }
   T bias() const { return bias_; }
 
-  // logits[i] = x.row(i) . weight + bias. Throws mixdepth::Error when x.cols() != dim() or
-  // logits.size() != x.rows(). (Arch: see kernels/dispatch.hpp; leave it defaulted.)
+  // logits[i] = x.row(i) . weight + bias. Throws mixdepth::Error when x.cols() != dim(),
+  // logits.size() != x.rows(), or logits shares memory with x. (Arch: see
+  // kernels/dispatch.hpp; leave it defaulted.)
   template <class Arch = kernels::entry_arch>
   void score(MatrixCRef<T> x, Eigen::Ref<Vector<T>> logits) const {
     constexpr std::string_view where = "Router::score";
     detail::require_equal(where, "x.cols()", dim(), x.cols());
     detail::require_equal(where, "logits.size()", x.rows(), logits.size());
+    if (detail::overlaps(x, logits)) detail::fail(where, "logits", "memory disjoint from x", "overlapping");
     if (x.rows() == 0) return;
     kernels::dispatched::router_scores<T, Arch>(x.data(), x.outerStride(), x.rows(), x.cols(),
                                                 weight_.data(), bias_, logits.data());

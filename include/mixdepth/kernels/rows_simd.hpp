@@ -15,7 +15,10 @@ namespace mixdepth::kernels {
 // logits[i] = x row i . weight + bias, for i in [0, rows). The summation order is not the
 // portable one (several partial sums per row): compare with a tolerance. It is the same for
 // every row, however many rows are scored together: a row's logit in a decode step equals
-// its logit in a forward over the whole sequence, bit for bit.
+// its logit in a forward over the whole sequence, bit for bit. The vector products go
+// through shim::fma (one rounding where the architecture fuses, two, kept apart, where it
+// does not), so a unit's contraction flags cannot round the four-row and one-row loops
+// differently.
 template <class Arch, class T>
 void router_scores(const T* x, std::ptrdiff_t x_stride, std::ptrdiff_t rows, std::ptrdiff_t d,
                    const T* weight, T bias, T* logits) noexcept {
@@ -48,10 +51,10 @@ void router_scores(const T* x, std::ptrdiff_t x_stride, std::ptrdiff_t rows, std
       batch a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
       for (std::ptrdiff_t c = 0; c < body; c += width) {
         const batch w = batch::load_unaligned(weight + c);
-        a0 = xsimd::fma(batch::load_unaligned(x0 + c), w, a0);
-        a1 = xsimd::fma(batch::load_unaligned(x1 + c), w, a1);
-        a2 = xsimd::fma(batch::load_unaligned(x2 + c), w, a2);
-        a3 = xsimd::fma(batch::load_unaligned(x3 + c), w, a3);
+        a0 = shim::fma<Arch>(batch::load_unaligned(x0 + c), w, a0);
+        a1 = shim::fma<Arch>(batch::load_unaligned(x1 + c), w, a1);
+        a2 = shim::fma<Arch>(batch::load_unaligned(x2 + c), w, a2);
+        a3 = shim::fma<Arch>(batch::load_unaligned(x3 + c), w, a3);
       }
       logits[r] = shim::reduce_add<Arch>(a0) + tail(x0) + bias;
       logits[r + 1] = shim::reduce_add<Arch>(a1) + tail(x1) + bias;
@@ -63,7 +66,7 @@ void router_scores(const T* x, std::ptrdiff_t x_stride, std::ptrdiff_t rows, std
       const T* xr = x + r * x_stride;
       batch a(T(0));
       for (std::ptrdiff_t c = 0; c < body; c += width)
-        a = xsimd::fma(batch::load_unaligned(xr + c), batch::load_unaligned(weight + c), a);
+        a = shim::fma<Arch>(batch::load_unaligned(xr + c), batch::load_unaligned(weight + c), a);
       logits[r] = shim::reduce_add<Arch>(a) + tail(xr) + bias;
     }
   }
