@@ -73,7 +73,8 @@ void gather_rows(MatrixCRef<T> x, std::span<const Position> rows, MatrixRef<T> o
 // y.row(rows[j]) = x.row(rows[j]) + gates[j] * update.row(j); other rows of y are not touched.
 // x and y may be the same matrix (in place) but must not partially overlap, and update and
 // gates must not share memory with y. Throws mixdepth::Error on mismatched sizes, on
-// overlapping memory, row indices outside [0, x.rows()) or a row index given twice (in place the two updates would add up, out of place the last would win).
+// overlapping memory, on row indices outside [0, x.rows()) or on a row index given twice
+// (in place the two updates would add up, out of place the last would win).
 // Ascending rows, as every MoD selection is, are checked without allocating.
 template <class T, class Arch = kernels::entry_arch>
 void scatter_gated(MatrixCRef<T> x, std::span<const Position> rows, MatrixCRef<T> update,

@@ -375,7 +375,7 @@ class CausalPredictor {
   struct Pass {
     StridedRowMatrixMap<T> pre;         // x W1 + b1, [valid, h], rows on cache lines
     StridedRowMatrixMap<T> activation;  // act(pre), [valid, h], rows on cache lines
-    std::span<T> logits;         // [valid]
+    std::span<T> logits;                // [valid]
     Index valid;
   };
 
