@@ -613,6 +613,8 @@ TEST_CASE("Attention rejects bad configs, weights and routed input, naming the a
                    }),
                    {"Attention::attend_by_feature", "context", "queries itself", "a partial overlap"});
   CHECK(testing::bit_equal(wide, wide_before));
+  keys = random_matrix<float>(3, 16, 7);  // (the checks above never read them)
+  values = random_matrix<float>(3, 16, 8);
   RowMatrix<float> in_place = random_matrix<float>(2, 32, 5), apart(2, 32);
   const RowMatrix<float> in_place_queries = in_place;
   attention.attend(in_place_queries, query_at, keys, values, sorted, apart);
