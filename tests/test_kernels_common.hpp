@@ -5,6 +5,8 @@
 
 #include <mixdepth/kernels/dispatch.hpp>
 
+#include "brute_force_top_k.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -15,30 +17,6 @@
 #include <vector>
 
 namespace mixdepth::kernels_testing {
-
-// The top-k contract written out with plain comparisons (no order keys, nothing shared with
-// the kernels or top_k_portable): valid tokens before padding, numbers before NaN, larger
-// before smaller (-0 == +0), then the lower position; the first min(k, n) in ascending order.
-template <class T>
-std::vector<std::int32_t> brute_force_top_k(const std::vector<T>& s, std::ptrdiff_t k, std::ptrdiff_t valid) {
-  const auto n = static_cast<std::int32_t>(s.size());
-  std::vector<std::int32_t> order(static_cast<std::size_t>(n));
-  for (std::int32_t i = 0; i < n; ++i) order[std::size_t(i)] = i;
-  auto ranks_before = [&](std::int32_t a, std::int32_t b) {
-    const bool pad_a = a >= valid, pad_b = b >= valid;
-    if (pad_a != pad_b) return !pad_a;
-    if (pad_a) return a < b;
-    const T va = s[std::size_t(a)], vb = s[std::size_t(b)];
-    const bool nan_a = std::isnan(va), nan_b = std::isnan(vb);
-    if (nan_a != nan_b) return !nan_a;
-    if (!nan_a && va != vb) return va > vb;
-    return a < b;
-  };
-  std::sort(order.begin(), order.end(), ranks_before);
-  order.resize(static_cast<std::size_t>(std::min<std::ptrdiff_t>(k, n)));
-  std::sort(order.begin(), order.end());
-  return order;
-}
 
 // Calls f(Arch{}) for the plain loops, the static choice, and every xsimd architecture this
 // unit was compiled for that the kernels distinguish (so one -march=native build checks the

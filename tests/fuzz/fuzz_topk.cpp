@@ -1,6 +1,8 @@
-// libFuzzer harness: the SIMD top-k against top_k_portable, bit for bit, on raw score bytes
-// (so NaNs with any payload, infinities, signed zeros and denormals all occur), plus
-// mixdepth::select_top_k over the same scores split into two padded sequences.
+// libFuzzer harness: top_k_portable against a brute-force sort by the contract's rules
+// (tests/support/brute_force_top_k.hpp), and the SIMD top-k against top_k_portable, bit for
+// bit, on raw score bytes (so NaNs with any payload, infinities, signed zeros and denormals
+// all occur), plus mixdepth::select_top_k over the same scores split into two padded
+// sequences. Under ctest, fuzz_replay_main.cpp replays the committed corpus through it.
 //
 // Input layout (a shorter input is ignored):
 //   byte 0      flags: bit 0  double scores (else float)
@@ -27,6 +29,8 @@
 #include <mixdepth/kernels/topk_portable.hpp>
 #include <mixdepth/kernels/topk_simd.hpp>
 #include <mixdepth/topk.hpp>
+
+#include "brute_force_top_k.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -145,6 +149,11 @@ void run(std::uint8_t flags, const std::uint8_t* header, const std::uint8_t* dat
   }
 
   const auto expected = portable(scores.get(), n, valid, k);
+  const auto brute = mixdepth::kernels_testing::brute_force_top_k(scores.get(), n, k, valid);
+  if (k > 0 && std::memcmp(brute.data(), expected.get(), sizeof(std::int32_t) * std::size_t(k)) != 0) {
+    report("top_k_portable", scores.get(), n, valid, k, brute.data(), expected.get());
+    fail();
+  }
   check_arch<kernels::static_arch>(scores.get(), n, valid, k, expected.get());
 #if XSIMD_WITH_AVX512BW && !defined(MIXDEPTH_FORCE_SCALAR)
   if constexpr (!std::is_same_v<kernels::static_arch, xsimd::avx512bw>)
