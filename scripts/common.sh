@@ -8,7 +8,8 @@ case $BUILD_DIR in /*) ;; *) BUILD_DIR=$PWD/$BUILD_DIR ;; esac
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 
 # The Debian 12 packages mixdepth builds with.
-MIXDEPTH_PACKAGES=(cmake g++ libeigen3-dev libxsimd-dev doctest-dev libbenchmark-dev)
+# (make: the default CMake generator; only a Recommends of cmake.)
+MIXDEPTH_PACKAGES=(cmake make g++ libeigen3-dev libxsimd-dev doctest-dev libbenchmark-dev)
 
 # require_packages PKG...: installs what is missing when running as root, otherwise prints
 # the command to run and exits 1.
