@@ -283,8 +283,9 @@ TEST_CASE("RotaryEmbedding rejects bad head sizes, theta and shapes, and its fre
 
 TEST_CASE("RMSNorm rejects an empty weight, a bad eps and mismatched shapes") {
   require_mentions(error_message([] { RMSNorm<float>(Vector<float>()); }), {"weight.size()"});
-  require_mentions(error_message([] { RMSNorm<float>(Vector<float>::Ones(4), 0.0f); }),
-                   {"eps", "> 0"});
+  for (const float eps : {0.0f, -1.0f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()})
+    require_mentions(error_message([&] { RMSNorm<float>(Vector<float>::Ones(4), eps); }),
+                     {"eps", "finite and > 0"});
   const RMSNorm<double> norm(Vector<double>::Ones(4));
   RowMatrix<double> x(3, 5), out(3, 4), short_out(2, 4);
   require_mentions(error_message([&] { norm(x, out); }), {"x.cols()", "expected 4", "got 5"});
@@ -339,6 +340,9 @@ TEST_CASE("SwiGluMlp rejects mismatched weights and config, naming the argument"
                    {"weights.down.rows()", "expected 12", "got 8"});
   require_mentions(error_message([] { SwiGluMlp<float>::random({8, 0, 1e-6}, 1); }),
                    {"config.hidden", ">= 1"});
+  for (const double eps : {0.0, 1e300, 1e-50, std::numeric_limits<double>::quiet_NaN()})
+    require_mentions(error_message([&] { SwiGluMlp<float>::random({8, 12, eps}, 1); }),
+                     {"SwiGluMlp", "config.norm_eps", "finite and > 0"});
   const auto mlp = SwiGluMlp<float>(config, good);
   RowMatrix<float> x(3, 8), out(3, 9);
   require_mentions(error_message([&] { mlp(x, out); }), {"out.cols()", "expected 8", "got 9"});
@@ -527,6 +531,10 @@ TEST_CASE("Attention rejects bad configs, weights and routed input, naming the a
   require_mentions(config_error({16, 4, 2, 7}), {"config.head_dim", "even", "got 7"});
   require_mentions(config_error({16, 4, 0, 8}), {"config.n_kv_heads", ">= 1"});
   require_mentions(config_error({16, 4, 2, 8, -1.0}), {"config.rope_theta"});
+  // norm_eps is checked in the layer's type: 1e300 is inf in float, 1e-50 is 0.
+  for (const double eps : {0.0, -1e-6, 1e300, 1e-50, std::numeric_limits<double>::infinity()})
+    require_mentions(config_error({16, 4, 2, 8, 10000.0, eps}), {"Attention", "config.norm_eps", "finite and > 0"});
+  CHECK_NOTHROW(Attention<double>::random({16, 4, 2, 8, 10000.0, 1e-50}, 1));
 
   const auto good = Attention<float>::random(config, 1).weights();
   auto with = [&](auto change) {

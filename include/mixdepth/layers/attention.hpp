@@ -471,7 +471,10 @@ class Attention {
                    config.head_dim);
     if (!(config.rope_theta > 0.0) || !std::isfinite(config.rope_theta))
       detail::fail(where, "config.rope_theta", "finite and > 0", config.rope_theta);
-    if (!(config.norm_eps > 0.0)) detail::fail(where, "config.norm_eps", "> 0", config.norm_eps);
+    // Checked in T, the type RMSNorm gets: 1e300 is inf in float (rows of zeros), 1e-50 is 0.
+    const T eps = static_cast<T>(config.norm_eps);
+    if (!(eps > T(0)) || !std::isfinite(eps))
+      detail::fail(where, "config.norm_eps", "finite and > 0 in the layer's scalar type", config.norm_eps);
     return config;
   }
 

@@ -73,7 +73,10 @@ class SwiGluMlp {
     constexpr std::string_view where = "SwiGluMlp";
     if (config.d_model < 1) detail::fail(where, "config.d_model", ">= 1", config.d_model);
     if (config.hidden < 1) detail::fail(where, "config.hidden", ">= 1", config.hidden);
-    if (!(config.norm_eps > 0.0)) detail::fail(where, "config.norm_eps", "> 0", config.norm_eps);
+    // Checked in T, the type RMSNorm gets: 1e300 is inf in float (rows of zeros), 1e-50 is 0.
+    const T eps = static_cast<T>(config.norm_eps);
+    if (!(eps > T(0)) || !std::isfinite(eps))
+      detail::fail(where, "config.norm_eps", "finite and > 0 in the layer's scalar type", config.norm_eps);
     return config;
   }
 

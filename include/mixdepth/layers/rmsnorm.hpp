@@ -13,11 +13,12 @@ namespace mixdepth::layers {
 template <class T>
 class RMSNorm {
  public:
-  // weight: [dim], dim >= 1; eps > 0 keeps an all-zero row finite.
+  // weight: [dim], dim >= 1; eps finite and > 0 (it keeps an all-zero row finite; an infinite
+  // one would make every row zero).
   explicit RMSNorm(Vector<T> weight, T eps = T(1e-6)) : weight_(std::move(weight)), eps_(eps) {
     constexpr std::string_view where = "RMSNorm";
     if (weight_.size() == 0) detail::fail(where, "weight.size()", ">= 1", 0);
-    if (!(eps_ > T(0))) detail::fail(where, "eps", "> 0", eps_);
+    if (!(eps_ > T(0)) || !std::isfinite(eps_)) detail::fail(where, "eps", "finite and > 0", eps_);
   }
 
   // Weight 1 + N(0, 0.1^2), from the seed alone. Throws mixdepth::Error for dim < 1.
