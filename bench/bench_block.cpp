@@ -44,7 +44,7 @@ void BM_Block_Dense(benchmark::State& state) {
     forward_dense<float>(layer, x, shape, y, ws);
     benchmark::DoNotOptimize(y.data());
   }
-  state.counters["allocs"] = double(heap_counter::count() - before) / double(state.iterations());
+  state.counters["allocs"] = heap_counter::per_iteration(before, double(state.iterations()));
   state.counters["flops"] = block_flops(double(shape.seq_len));
   state.counters["GFLOPs"] = benchmark::Counter(block_flops(double(shape.seq_len)) * 1e-9,
                                                 benchmark::Counter::kIsIterationInvariantRate);
@@ -66,7 +66,7 @@ void BM_Block_MoD(benchmark::State& state) {
   }
   const double k = double(block.capacity()(shape.seq_len));
   const double flops = block_flops(k) + 2.0 * double(shape.seq_len) * d_model;  // + the router
-  state.counters["allocs"] = double(heap_counter::count() - before) / double(state.iterations());
+  state.counters["allocs"] = heap_counter::per_iteration(before, double(state.iterations()));
   state.counters["flops"] = flops;
   state.counters["GFLOPs"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }

@@ -89,7 +89,7 @@ void run(benchmark::State& state, bool mod) {
     benchmark::DoNotOptimize(out.data());
     decoder.restore(context_mark);
   }
-  state.counters["allocs"] = double(heap_counter::count() - heap_before) / double(state.iterations());
+  state.counters["allocs"] = heap_counter::per_iteration(heap_before, double(state.iterations()));
   const long visits = decoder.routed_layer_visits() - visits_before;
   const double routed = visits > 0 ? double(decoder.routed_layer_routed() - routed_before) / double(visits) : 1.0;
   double flops = 0;
@@ -118,7 +118,7 @@ void time_attention_steps(benchmark::State& state, Step& step, Index context, In
   const long heap_before = heap_counter::count();
   Index i = 0;
   for (auto _ : state) step(i++);
-  state.counters["allocs"] = double(heap_counter::count() - heap_before) / double(state.iterations());
+  state.counters["allocs"] = heap_counter::per_iteration(heap_before, double(state.iterations()));
   const double projections = 2.0 * d_model * (2.0 * heads * head_dim + 2.0 * kv * head_dim);
   state.counters["flops"] = projections + 2.0 * 2.0 * heads * head_dim * double(context + 1);
 }

@@ -16,14 +16,21 @@ taken from any other implementation:
           selected rows (f sees their original positions for RoPE and the causal mask).
 """
 import argparse
+import os
 import statistics
 import time
 
-import torch
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before torch loads OpenBLAS
+import torch  # noqa: E402
 
 D_MODEL, HEADS, HEAD_DIM, HIDDEN = 512, 8, 64, 1536
 TOPK_SIZES = [(256, 32), (1024, 128), (4096, 512), (16384, 2048), (32768, 4096), (4096, 2048)]
-POOL = 64
+
+
+def pool_size(n):
+    # As bench_topk.cpp: at least 64 sequences and 256 KiB of scores, so that the branch
+    # predictor cannot learn a small pool of short sequences.
+    return max(64, (256 << 10) // (n * 4))
 
 
 def rms_norm(x, weight, eps=1e-6):
@@ -58,10 +65,11 @@ class Layer:
         q = (h @ self.wq).view(n, HEADS, HEAD_DIM).transpose(0, 1)
         k = (h @ self.wk).view(n, HEADS, HEAD_DIM).transpose(0, 1)
         v = (h @ self.wv).view(n, HEADS, HEAD_DIM).transpose(0, 1)
-        q, k = rope(q, positions), rope(k, positions)
-        scores = (q @ k.transpose(1, 2)) / HEAD_DIM ** 0.5
-        mask = positions[None, :] > positions[:, None]
-        scores = scores.masked_fill(mask, float("-inf"))
+        # The scale goes on q (n x d multiplies, not heads x n x n) and the mask is applied in
+        # place: no n x n temporaries beyond the scores and their softmax.
+        q, k = rope(q, positions) * HEAD_DIM ** -0.5, rope(k, positions)
+        scores = q @ k.transpose(1, 2)
+        scores.masked_fill_(positions[None, :] > positions[:, None], float("-inf"))
         context = torch.softmax(scores, dim=-1) @ v
         return context.transpose(0, 1).reshape(n, HEADS * HEAD_DIM) @ self.wo
 
@@ -114,11 +122,12 @@ def main():
 
     with torch.no_grad():
         for n, k in TOPK_SIZES:
-            for label, pool in (("TopK", [torch.randn(n) for _ in range(POOL)]),
-                                ("TopK_Ties", [torch.randint(0, 4, (n,)).float() for _ in range(POOL)])):
+            size = pool_size(n)
+            for label, pool in (("TopK", [torch.randn(n) for _ in range(size)]),
+                                ("TopK_Ties", [torch.randint(0, 4, (n,)).float() for _ in range(size)])):
                 state = {"i": 0}
                 def run():
-                    s = pool[state["i"] % POOL]
+                    s = pool[state["i"] % size]
                     state["i"] += 1
                     torch.topk(s, k, sorted=False).indices.sort()
                 print(f"torch_{label}/{n}/{k} {median_seconds(run, args.repeats) * 1e9:.0f} ns")
