@@ -175,9 +175,11 @@ TEST_CASE_TEMPLATE("routed rows get y = x + g(r) f exactly once (no doubled resi
   for (std::size_t j = 0; j < rows.size(); ++j) {
     const T g = sigmoid(ws.logits()[std::size_t(rows[j])]);
     CHECK(ws.gates()[j] == g);
-    // the update is f of that row (within Eigen's tanh, vector or scalar, a few ulps)
+    // The update is f of that row, up to Eigen's vectorised tanh against its scalar one (which
+    // of the two a coefficient gets depends on where it falls in the matrix): f = 2 tanh + 0.5
+    // lies in [-1.5, 2.5], where 24 epsilon is 12 ulps of the largest values.
     CHECK((ws.update().row(Index(j)) - f.row(rows[j])).cwiseAbs().template maxCoeff<Eigen::PropagateNaN>() <=
-          8 * std::numeric_limits<T>::epsilon() * 3);
+          24 * std::numeric_limits<T>::epsilon());
     for (Index c = 0; c < d; ++c) {
       const T product = g * ws.update()(Index(j), c);
       CHECK(y(rows[j], c) == x(rows[j], c) + product);

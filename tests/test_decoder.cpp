@@ -1,5 +1,8 @@
-// The MoD-aware KV cache, CachedAttention and Decoder: decoding step by step equals the
-// causal forward over whole sequences, bit for bit; skipped tokens never enter a layer's cache.
+// The MoD-aware KV cache, CachedAttention and Decoder: the stack against one assembled from
+// scalar-loop reference layers; decoding step by step equals the causal forward over whole
+// sequences, bit for bit; skipped tokens never enter a layer's cache.
+#include "brute_force_top_k.hpp"
+#include "reference_layers.hpp"
 #include "test_helpers.hpp"
 
 #include <algorithm>
@@ -43,7 +46,127 @@ RowMatrix<T> decode(Decoder<T>& decoder, const RowMatrix<T>& x, Shape shape, Ind
   return out;
 }
 
+// One sequence (rows of `x`, at positions 0..n-1) through the decoder's layers, assembled
+// from the scalar-loop references with the decoder's weights: a dense layer is x + f(x); a
+// MoD layer scores every row with its router (in double), lets `route(logits)` pick the rows
+// f runs on, at their original positions, and adds g(r) f to those rows only (g: identity).
+template <class Route>
+reference::Reference reference_stack(const Decoder<double>& decoder, reference::Reference x, Route route) {
+  using reference::Reference;
+  for (Index l = 0; l < decoder.layers(); ++l) {
+    const std::size_t n = std::size_t(x.rows());
+    std::vector<double> logits(n, 1.0);
+    std::vector<bool> routed(n, true);
+    if (decoder.is_routed(l)) {
+      const Router<double>& router = decoder.router(l);
+      for (std::size_t i = 0; i < n; ++i) {
+        double r = router.bias();
+        for (Index c = 0; c < x.cols(); ++c) r += x(Index(i), c) * router.weight()(c);
+        logits[i] = r;
+      }
+      routed = route(logits);
+    }
+    std::vector<Position> positions;
+    for (std::size_t i = 0; i < n; ++i)
+      if (routed[i]) positions.push_back(Position(i));
+    Reference chosen(Index(positions.size()), x.cols());
+    for (std::size_t j = 0; j < positions.size(); ++j) chosen.row(Index(j)) = x.row(positions[j]);
+    const std::vector<Index> offsets{0, Index(positions.size())};
+    const Reference a = reference::reference_attention(decoder.attention(l), chosen, positions, offsets);
+    const Reference f = a + reference::reference_mlp(decoder.mlp(l), Reference(chosen + a));
+    for (std::size_t j = 0; j < positions.size(); ++j)
+      x.row(positions[j]) += (decoder.is_routed(l) ? logits[std::size_t(positions[j])] : 1.0) * f.row(Index(j));
+  }
+  return x;
+}
+
+// max |actual - expected| over the largest |expected| (at least 1).
+double relative_error(const RowMatrix<double>& actual, const reference::Reference& expected) {
+  REQUIRE(actual.rows() == expected.rows());
+  return (actual - expected).cwiseAbs().maxCoeff<Eigen::PropagateNaN>() / std::max(1.0, expected.cwiseAbs().maxCoeff());
+}
+
 }  // namespace
+
+TEST_CASE("decoder: outputs equal a stack of scalar-loop reference layers, forward, prefill and steps") {
+  // Top-k over padded sequences (k from the padded length, padding never routed); a prompt
+  // routed by top-k, then tokens routed one by one by the router's logit; GQA and MQA; every
+  // layer MoD or every other one; a capacity that skips tokens and one that keeps them all.
+  const Index d = 16;
+  long routed = 0, visits = 0;
+  for (const double capacity : {0.34, 1.0})
+    for (const Index mod_every : {1, 2})
+      for (const Index kv_heads : {2, 1}) {
+        layers::DecoderConfig config;
+        config.layers = 4;
+        config.attention = {.d_model = d, .n_heads = 4, .n_kv_heads = kv_heads, .head_dim = 6};
+        config.mlp = {.d_model = d, .hidden = 20};
+        config.capacity = capacity;
+        config.mod_every = mod_every;
+        config.predictor_hidden = 8;
+        Decoder<double> decoder(config, 5);
+        INFO("capacity ", capacity, ", mod_every ", mod_every, ", kv_heads ", kv_heads);
+        const auto top_k = [](Index k) {
+          return [k](const std::vector<double>& logits) {
+            std::vector<bool> chosen(logits.size(), false);
+            for (const auto p : kernels_testing::brute_force_top_k(logits, k, Index(logits.size())))
+              chosen[std::size_t(p)] = true;
+            return chosen;
+          };
+        };
+
+        // The forward over a padded batch, top-k.
+        const Shape shape{2, 8};
+        const std::vector<Index> lengths{8, 4};  // k = 3 from the padded 8, 2 from 4 alone
+        const RowMatrix<double> x = random_matrix<double>(shape.rows(), d, 21) * 2.0;
+        RowMatrix<double> y(shape.rows(), d);
+        decoder.forward(x, shape, y, Routing::top_k, lengths);
+        const Index k = Capacity::fraction(capacity)(shape.seq_len);
+        for (Index b = 0; b < shape.batch; ++b) {
+          const Index first = b * shape.seq_len, n = lengths[std::size_t(b)];
+          const auto expected = reference_stack(decoder, x.middleRows(first, n), top_k(std::min(k, n)));
+          CHECK(relative_error(y.middleRows(first, n), expected) <= 1e-12);
+          CHECK(bit_equal(y.middleRows(first + n, shape.seq_len - n), x.middleRows(first + n, shape.seq_len - n)));
+        }
+
+        // A prompt of 5 (lengths 5 and 2) routed by top-k, then 3 steps routed by r > 0.3.
+        const Index prompt = 5, steps = 3;
+        const double threshold = 0.3;
+        const std::vector<Index> prompt_lengths{5, 2};
+        for (Index l = 0; l < decoder.layers(); ++l) decoder.router_threshold(l).threshold = threshold;
+        decoder.reset(shape.batch, 16, 16);
+        RowMatrix<double> prompt_x(shape.batch * prompt, d), prompt_y(shape.batch * prompt, d);
+        for (Index b = 0; b < shape.batch; ++b)
+          prompt_x.middleRows(b * prompt, prompt) = x.middleRows(b * shape.seq_len, prompt);
+        decoder.prefill(prompt_x, {shape.batch, prompt}, prompt_y, Routing::top_k, prompt_lengths);
+        std::vector<RowMatrix<double>> step_y;
+        for (Index s = 0; s < steps; ++s) {
+          RowMatrix<double> token(shape.batch, d), out(shape.batch, d);
+          for (Index b = 0; b < shape.batch; ++b) token.row(b) = x.row(b * shape.seq_len + prompt_lengths[std::size_t(b)] + s);
+          decoder.step(token, out, Routing::router);
+          step_y.push_back(out);
+        }
+        routed += decoder.routed_layer_routed();
+        visits += decoder.routed_layer_visits();
+        const Index prompt_k = Capacity::fraction(capacity)(prompt);  // from the padded prompt
+        for (Index b = 0; b < shape.batch; ++b) {
+          const Index n = prompt_lengths[std::size_t(b)];
+          const auto expected = reference_stack(
+              decoder, x.middleRows(b * shape.seq_len, n + steps), [&](const std::vector<double>& logits) {
+                const std::vector<double> in_prompt(logits.begin(), logits.begin() + n);
+                std::vector<bool> chosen = top_k(std::min(prompt_k, n))(in_prompt);
+                for (std::size_t t = std::size_t(n); t < logits.size(); ++t) chosen.push_back(logits[t] > threshold);
+                return chosen;
+              });
+          CHECK(relative_error(prompt_y.middleRows(b * prompt, n), expected.topRows(n)) <= 1e-12);
+          for (Index s = 0; s < steps; ++s)
+            CHECK(relative_error(step_y[std::size_t(s)].row(b), expected.row(n + s)) <= 1e-12);
+        }
+      }
+  // The steps' causal rule both routed and skipped tokens over these cases.
+  CHECK(routed > 0);
+  CHECK(routed < visits);
+}
 
 TEST_CASE_TEMPLATE("decoder: decoding step by step gives the causal forward's bits, routing included", T, float,
                    double) {

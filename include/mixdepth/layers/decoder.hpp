@@ -103,6 +103,8 @@ class Decoder {
   CausalPredictor<T>& predictor(Index l) { return layer(l).predictor; }
   RouterThreshold<T>& router_threshold(Index l) { return layer(l).router_threshold; }
   const Router<T>& router(Index l) const { return layer(l).cached.router(); }
+  const Attention<T>& attention(Index l) const { return layer(l).attention; }
+  const SwiGluMlp<T>& mlp(Index l) const { return layer(l).mlp; }
   const KvCache<T>& cache(Index l) const { return layer(l).cache; }
   Index batch() const { return static_cast<Index>(positions_.size()); }
   // Tokens each sequence has seen: the position its next token takes.
