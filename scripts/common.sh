@@ -33,7 +33,7 @@ require_packages() {
   else
     echo "Missing Debian packages: ${missing[*]}" >&2
     echo "Install them with:" >&2
-    echo "  sudo apt-get install -y ${missing[*]}" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
     exit 1
   fi
 }

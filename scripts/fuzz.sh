@@ -28,7 +28,7 @@ fi
 require_packages cmake libeigen3-dev libxsimd-dev clang "libclang-rt-$clang_major-dev"
 if ! command -v "$FUZZ_CXX" >/dev/null 2>&1; then
   echo "scripts/fuzz.sh: $FUZZ_CXX not found; install clang with:" >&2
-  echo "  sudo apt-get install -y clang libclang-rt-14-dev" >&2
+  echo "  sudo apt-get update && sudo apt-get install -y clang libclang-rt-14-dev" >&2
   exit 1
 fi
 

@@ -74,11 +74,12 @@ echo "${#owner[@]} weak code symbol(s) in ${#objects[@]} object(s): $shared shar
 # ---- 2. instruction sets --------------------------------------------------------------------
 avx512_pattern='%zmm|%[xy]mm(1[6-9]|2[0-9]|3[01])([^0-9]|$)|%k[0-7]([^0-9]|$)|\{%k[1-7]\}|[[:space:]](vp?compress|vp?expand|vpternlog|vperm[ti]2|vpmov[bwdq]2m|vpmovm2|k(mov|and|or|xor|not|shift|test|unpck|add)[bwdq])[[:space:]]'
 avx_pattern='%ymm|%zmm|^[[:space:]]*[0-9a-f]+:[[:space:]]+v[a-z]'
-count() { objdump -d --no-show-raw-insn "$1" | grep -Ec "$2" || true; }
+count() { grep -Ec "$2" <<<"$1" || true; }  # grep -c exits 1 when it counts 0
 for object in "${units[@]}" "${dispatcher[@]}"; do
   name=$(basename "$object")
-  avx512=$(count "$object" "$avx512_pattern")
-  avx=$(count "$object" "$avx_pattern")
+  listing=$(objdump -d --no-show-raw-insn "$object")  # a failure here stops the script (set -e)
+  avx512=$(count "$listing" "$avx512_pattern")
+  avx=$(count "$listing" "$avx_pattern")
   case $name in
     unit_avx512*) ok=$((avx512 > 0)); want="AVX-512 instructions" ;;
     unit_avx2*) ok=$((avx512 == 0 && avx > 0)); want="AVX2 but no AVX-512 instructions" ;;
