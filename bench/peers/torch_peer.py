@@ -7,7 +7,7 @@ torch.topk, on the shapes of bench/bench_block.cpp and bench/bench_topk.cpp, on 
 Needs Debian's python3-torch (PyTorch 1.13, CPU). Its CPU matrix products go through
 whichever libblas.so.3 Debian's alternatives select: the reference BLAS by default (about
 3 GFLOP/s here), OpenBLAS once `apt-get install libopenblas0-pthread` is done (about 100).
-Use OpenBLAS, run with OPENBLAS_NUM_THREADS=1, for a fair peer. Prints one line per case with the median
+Use OpenBLAS for a fair peer (the script sets OPENBLAS_NUM_THREADS=1 unless it is set). Prints one line per case with the median
 time over repetitions, in the units Google Benchmark uses, so bench/README.md can put the
 two side by side. The blocks are written here from the semantics in README.md, not
 taken from any other implementation:
