@@ -159,6 +159,7 @@ TEST_CASE("decoder: outputs equal a stack of scalar-loop reference layers, forwa
                 return chosen;
               });
           CHECK(relative_error(prompt_y.middleRows(b * prompt, n), expected.topRows(n)) <= 1e-12);
+          CHECK(bit_equal(prompt_y.middleRows(b * prompt + n, prompt - n), prompt_x.middleRows(b * prompt + n, prompt - n)));
           for (Index s = 0; s < steps; ++s)
             CHECK(relative_error(step_y[std::size_t(s)].row(b), expected.row(n + s)) <= 1e-12);
         }
