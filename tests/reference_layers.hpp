@@ -3,6 +3,7 @@
 // the formulas alone (RMSNorm, RoPE as a complex rotation, causal GQA attention by original
 // position, SwiGLU): nothing is shared with the library's kernels or products. Used by
 // test_layers.cpp (each layer) and test_decoder.cpp (a whole stack).
+#include <doctest/doctest.h>
 #include <mixdepth/mixdepth.hpp>
 
 #include <algorithm>
@@ -13,6 +14,18 @@
 namespace mixdepth::reference {
 
 using Reference = RowMatrix<double>;
+
+// max |actual - reference| relative to the largest |reference| entry.
+template <class A>
+double relative_difference(const A& actual, const Reference& reference) {
+  REQUIRE(actual.rows() == reference.rows());
+  REQUIRE(actual.cols() == reference.cols());
+  if (reference.size() == 0) return 0.0;
+  const Reference difference = actual.template cast<double>() - reference;
+  const double scale = std::max(reference.cwiseAbs().maxCoeff(), 1e-300);
+  // NaN in the result propagates (a plain maxCoeff() may skip it) and fails the caller's check.
+  return difference.cwiseAbs().template maxCoeff<Eigen::PropagateNaN>() / scale;
+}
 
 template <class T>
 Reference widen(const RowMatrix<T>& m) {

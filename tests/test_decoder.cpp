@@ -80,12 +80,6 @@ reference::Reference reference_stack(const Decoder<double>& decoder, reference::
   return x;
 }
 
-// max |actual - expected| over the largest |expected| (at least 1).
-double relative_error(const RowMatrix<double>& actual, const reference::Reference& expected) {
-  REQUIRE(actual.rows() == expected.rows());
-  return (actual - expected).cwiseAbs().maxCoeff<Eigen::PropagateNaN>() / std::max(1.0, expected.cwiseAbs().maxCoeff());
-}
-
 }  // namespace
 
 TEST_CASE("decoder: outputs equal a stack of scalar-loop reference layers, forward, prefill and steps") {
@@ -125,7 +119,7 @@ TEST_CASE("decoder: outputs equal a stack of scalar-loop reference layers, forwa
         for (Index b = 0; b < shape.batch; ++b) {
           const Index first = b * shape.seq_len, n = lengths[std::size_t(b)];
           const auto expected = reference_stack(decoder, x.middleRows(first, n), top_k(std::min(k, n)));
-          CHECK(relative_error(y.middleRows(first, n), expected) <= 1e-12);
+          CHECK(reference::relative_difference(y.middleRows(first, n), expected) <= 1e-12);
           CHECK(bit_equal(y.middleRows(first + n, shape.seq_len - n), x.middleRows(first + n, shape.seq_len - n)));
         }
 
@@ -158,10 +152,10 @@ TEST_CASE("decoder: outputs equal a stack of scalar-loop reference layers, forwa
                 for (std::size_t t = std::size_t(n); t < logits.size(); ++t) chosen.push_back(logits[t] > threshold);
                 return chosen;
               });
-          CHECK(relative_error(prompt_y.middleRows(b * prompt, n), expected.topRows(n)) <= 1e-12);
+          CHECK(reference::relative_difference(prompt_y.middleRows(b * prompt, n), expected.topRows(n)) <= 1e-12);
           CHECK(bit_equal(prompt_y.middleRows(b * prompt + n, prompt - n), prompt_x.middleRows(b * prompt + n, prompt - n)));
           for (Index s = 0; s < steps; ++s)
-            CHECK(relative_error(step_y[std::size_t(s)].row(b), expected.row(n + s)) <= 1e-12);
+            CHECK(reference::relative_difference(step_y[std::size_t(s)].row(b), expected.row(n + s)) <= 1e-12);
         }
       }
   // The steps' causal rule both routed and skipped tokens over these cases.

@@ -44,18 +44,6 @@ constexpr double shifted_tolerance() {
   return std::is_same_v<T, float> ? 2e-5 : 1e-9;
 }
 
-// max |actual - reference| relative to the largest |reference| entry.
-template <class A>
-double relative_difference(const A& actual, const Reference& reference) {
-  REQUIRE(actual.rows() == reference.rows());
-  REQUIRE(actual.cols() == reference.cols());
-  if (reference.size() == 0) return 0.0;
-  const Reference difference = actual.template cast<double>() - reference;
-  const double scale = std::max(reference.cwiseAbs().maxCoeff(), 1e-300);
-  // NaN in the result propagates (a plain maxCoeff() may skip it) and fails the caller's check.
-  return difference.cwiseAbs().template maxCoeff<Eigen::PropagateNaN>() / scale;
-}
-
 // ---- routed batches for the tests ----
 
 // Rows of several sequences as a block function receives them: each sequence holds `count`
