@@ -94,6 +94,21 @@ def mod_block(layer, router, x, k):
     return y
 
 
+def block_cases():
+    """(name, function) for each block case, named as bench_block.cpp names it without BM_."""
+    torch.manual_seed(0)
+    layer = Layer()
+    router = torch.randn(D_MODEL) / D_MODEL ** 0.5
+    cases = []
+    for seq_len in (512, 2048):
+        x = torch.randn(seq_len, D_MODEL)
+        cases.append((f"Block_Dense/{seq_len}/0", lambda x=x: dense_block(layer, x)))
+        for per_mille in (125, 250, 500):
+            k = -(-seq_len * per_mille // 1000)
+            cases.append((f"Block_MoD/{seq_len}/{per_mille}", lambda x=x, k=k: mod_block(layer, router, x, k)))
+    return cases
+
+
 def median_seconds(fn, repeats, min_time=0.2):
     fn()
     samples = []
@@ -132,16 +147,9 @@ def main():
                     torch.topk(s, k, sorted=False).indices.sort()
                 print(f"torch_{label}/{n}/{k} {median_seconds(run, args.repeats) * 1e9:.0f} ns")
 
-        layer = Layer()
-        router = torch.randn(D_MODEL) / D_MODEL ** 0.5
-        for seq_len in (512, 2048):
-            x = torch.randn(seq_len, D_MODEL)
-            t = median_seconds(lambda: dense_block(layer, x), args.repeats, min_time=0.5)
-            print(f"torch_Block_Dense/{seq_len}/0 {t * 1e6:.0f} us")
-            for per_mille in (125, 250, 500):
-                k = -(-seq_len * per_mille // 1000)
-                t = median_seconds(lambda: mod_block(layer, router, x, k), args.repeats, min_time=0.5)
-                print(f"torch_Block_MoD/{seq_len}/{per_mille} {t * 1e6:.0f} us")
+        for name, run in block_cases():
+            t = median_seconds(run, args.repeats, min_time=0.5)
+            print(f"torch_{name} {t * 1e6:.0f} us")
 
 
 if __name__ == "__main__":

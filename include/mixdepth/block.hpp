@@ -213,21 +213,47 @@ struct BlockForward {
     write_output(x, y_data, y_stride, ws);
   }
 
-  // y = x everywhere (a no-op in place), then y_i = x_i + g_i f_i on the routed rows; one
-  // sequence at a time (its rows and routed rows are its own).
+  // y_i = x_i on the rows that are not routed (nothing to do in place), and
+  // y_i = x_i + g_i f_i on the routed ones; one sequence at a time (its rows and routed rows
+  // are its own).
   template <class T>
   static void write_output(MatrixCRef<T> x, T* y_data, Index y_stride, Workspace<T>& ws) {
     const Index d = ws.dim_, seq_len = ws.shape_.seq_len;
     if (d == 0) return;
     for_each_sequence(ws, ws.shape_.batch, [&](Index b, int) {
-      if (y_data != x.data())
-        for (Index r = b * seq_len; r < (b + 1) * seq_len; ++r)
-          std::memcpy(y_data + r * y_stride, x.data() + r * x.outerStride(), sizeof(T) * std::size_t(d));
       const Index first = ws.offsets_[std::size_t(b)], count = ws.offsets_[std::size_t(b + 1)] - first;
+      if (y_data != x.data())
+        copy_unrouted_rows(x, y_data, y_stride, d, b * seq_len, (b + 1) * seq_len,
+                           std::span<const Position>(ws.routed_rows_.data() + first, std::size_t(count)));
       if (count > 0)
         scatter_gated_unchecked<T, Arch>(x.data(), x.outerStride(), y_data, y_stride, ws.routed_rows_.data() + first,
                                 count, d, ws.update_.data() + first * d, d, ws.gates_.data() + first);
     });
+  }
+
+  // y row r = x row r for r in [begin, end) except the routed rows (ascending and distinct,
+  // as every selection writes them), which the scatter writes whole: each run of rows between
+  // two routed ones is one copy when both matrices' rows are contiguous.
+  template <class T>
+  static void copy_unrouted_rows(MatrixCRef<T> x, T* y_data, Index y_stride, Index d, Index begin, Index end,
+                                 std::span<const Position> routed) {
+    const Index x_stride = x.outerStride();
+    const bool contiguous = x_stride == d && y_stride == d;
+    auto copy = [&](Index from, Index to) {
+      if (from >= to) return;
+      if (contiguous) {
+        std::memcpy(y_data + from * d, x.data() + from * d, sizeof(T) * std::size_t((to - from) * d));
+      } else {
+        for (Index r = from; r < to; ++r)
+          std::memcpy(y_data + r * y_stride, x.data() + r * x_stride, sizeof(T) * std::size_t(d));
+      }
+    };
+    Index next = begin;  // the first row not yet written
+    for (const Position row : routed) {
+      copy(next, Index(row));
+      next = Index(row) + 1;
+    }
+    copy(next, end);
   }
 };
 
