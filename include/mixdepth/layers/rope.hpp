@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../arena.hpp"
+#include "../kernels/rotary.hpp"
 #include "../routed.hpp"
 #include "../types.hpp"
 #include "positions.hpp"
@@ -67,12 +68,8 @@ class RotaryEmbedding {
     Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>> saved(arena.take(half).data(), half);
     for (Index j = 0; j < first.rows(); ++j) {
       // Angles in double: position * frequency loses digits in float for large positions.
-      const double position = static_cast<double>(positions[j]);
-      for (Index i = 0; i < half; ++i) {
-        const double angle = position * inverse_frequency_[std::size_t(i)];
-        cosine[i] = static_cast<T>(std::cos(angle));
-        sine[i] = static_cast<T>(std::sin(angle));
-      }
+      kernels::rotary_cos_sin<kernels::static_arch>(static_cast<double>(positions[j]), inverse_frequency_.data(), half,
+                                                    cosine.data(), sine.data());
       rotate_row(first, j, cosine, sine, saved);
       if (second.cols() > 0) rotate_row(second, j, cosine, sine, saved);
     }
