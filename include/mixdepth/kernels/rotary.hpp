@@ -9,9 +9,8 @@
 // the last partial batch through std::cos and std::sin. xsimd's results are within 2 ulp of
 // the C library's in double and, rounded to float, the same, on every architecture, at the
 // positions tests/test_kernels_rotary.cpp checks (each below 3000, then steps of 1.37x up to
-// 2^31 - 1). An angle's cosine and sine
-// depend on the position, its frequency, i and n alone, so a row gets the same values
-// whichever rows come with it.
+// 2^31 - 1). An angle's cosine and sine depend on the position, its frequency, i and n
+// alone, so a row gets the same values whichever rows come with it.
 #include <cmath>
 #include <cstddef>
 
