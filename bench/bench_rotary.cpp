@@ -2,7 +2,9 @@
 // 64 at scattered positions below 2048 (BM_Block_MoD/2048/125's attention), rotated in place
 // by layers::RotaryEmbedding, whose angles' cosines and sines come from
 // kernels::rotary_cos_sin. Beside it, BM_RotaryCosSin_Libm: the same angles (position times
-// frequency, in double) through std::cos and std::sin, one row's worth per position, and
+// frequency, in double) through std::cos and std::sin (one glibc sincos call per angle, as
+// GCC compiles them), one row's worth per position, as RotaryEmbedding computed them before
+// the kernel, and
 // BM_RotaryCosSin: the kernel on the same angles. Counter `angles`: per second.
 #include <benchmark/benchmark.h>
 
@@ -43,6 +45,8 @@ void BM_RotaryEmbedding(benchmark::State& state) {
   for (auto _ : state) {
     rope.rotate_unchecked(MatrixRef<float>(queries), MatrixRef<float>(keys), layers::detail::PositionList{positions},
                           arena);
+    benchmark::DoNotOptimize(queries.data());
+    benchmark::DoNotOptimize(keys.data());
     benchmark::ClobberMemory();
   }
   count_angles(state);

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """mixdepth's block benchmarks against the PyTorch peer's, in alternating rounds.
 
-    taskset -c 1 /usr/bin/python3 bench/peers/compare_blocks.py [--bench PATH] [--rounds N]
+    taskset -c 1 /usr/bin/python3 bench/peers/compare_blocks.py [--bench PATH] [--rounds N] [--repeats N]
 
 Each round runs mixdepth_bench's block benchmarks (BM_Block_Dense, BM_Block_MoD: the median
 of --repeats repetitions) and then the same cases of torch_peer.py (the median of as many),
