@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 #include <string>
 
 using namespace mixdepth;
@@ -620,4 +621,162 @@ TEST_CASE("decoder: restore() rejects a checkpoint that is not of this decoder's
   CHECK(decoder.kv_bytes() == other_bytes);
   CHECK(decoder.positions()[0] == 10);
   decoder.restore(decoder.checkpoint());  // one of this reset's: fine
+}
+
+// A checkpoint of a branch abandoned by restoring an earlier one: once later steps have
+// overwritten its tokens, its sizes and positions fit again, but its caches are gone. Before,
+// restore() took it and decoding went on over the other branch's tokens.
+TEST_CASE("decoder: restore() rejects a checkpoint of an abandoned branch, and only that") {
+  Decoder<float> decoder(small_config(), 48);
+  for (Index l = 0; l < decoder.layers(); ++l) decoder.router_threshold(l).threshold = -std::numeric_limits<float>::infinity();
+  decoder.reset(2, 32, 32);
+  const Shape shape{2, 6};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), 32, 17);
+  RowMatrix<float> y(shape.rows(), 32), out(2, 32), again(2, 32);
+  decoder.prefill(x, shape, y, Routing::router);
+  const auto prompt = decoder.checkpoint();  // positions 6
+  const RowMatrix<float> a = random_matrix<float>(2, 32, 18), b = random_matrix<float>(2, 32, 19);
+  decoder.step(a, out, Routing::router);
+  const auto after_a = decoder.checkpoint();  // 7, on branch a
+  decoder.step(a, out, Routing::router);
+  const auto after_aa = decoder.checkpoint();  // 8
+
+  decoder.restore(prompt);  // back to 6: branch a abandoned
+  decoder.restore(prompt);  // the same point again: fine
+  // Before any step, after_a's tokens are still gone from the caches: its sizes say so.
+  require_mentions(error_message([&] { decoder.restore(after_a); }), {"checkpoint.sizes[", "in [0, "});
+  decoder.step(b, out, Routing::router);
+  const auto after_b = decoder.checkpoint();  // 7, on branch b
+  decoder.step(b, out, Routing::router);     // 8: after_a and after_aa fit again by size
+  const std::size_t bytes = decoder.kv_bytes();
+  const std::vector<Index> positions(decoder.positions().begin(), decoder.positions().end());
+  auto unchanged = [&] {
+    return decoder.kv_bytes() == bytes &&
+           std::equal(positions.begin(), positions.end(), decoder.positions().begin(), decoder.positions().end());
+  };
+  require_mentions(error_message([&] { decoder.restore(after_a); }),
+                   {"Decoder::restore", "checkpoint", "expected one on the current line of decoding",
+                    "got one of an abandoned branch", "sequence 0 went back to position 6"});
+  CHECK(unchanged());
+  require_mentions(error_message([&] { decoder.restore(after_aa); }), {"abandoned branch", "position 6"});
+  CHECK(unchanged());
+
+  // Checkpoints of the current line still work: the one of branch b, and the prompt's (its
+  // position is not above where the branch went back to).
+  decoder.restore(after_b);
+  decoder.step(b, again, Routing::router);
+  CHECK(bit_equal(again, out));
+  decoder.restore(prompt);
+  decoder.step(a, out, Routing::router);
+  // after_b's branch is abandoned now; after_a's was abandoned before, and branch a's new
+  // tokens at the same positions do not revive it.
+  decoder.step(a, out, Routing::router);
+  require_mentions(error_message([&] { decoder.restore(after_b); }), {"abandoned branch", "position 6"});
+  require_mentions(error_message([&] { decoder.restore(after_a); }), {"abandoned branch", "position 6"});
+
+  // Going back to a point and forward again many times keeps one record per position: the
+  // benchmarks' pattern (restore, step, restore, ...) stays valid and allocation-bounded.
+  const auto here = decoder.checkpoint();
+  for (int i = 0; i < 100; ++i) {
+    decoder.step(b, out, Routing::router);
+    decoder.restore(here);
+  }
+  decoder.step(b, again, Routing::router);
+  CHECK(bit_equal(again, out));
+
+  // Only sequences taken back below a checkpoint's position count: a checkpoint whose
+  // positions all stay at or below every later rewind is fine.
+  decoder.restore(prompt);
+  decoder.restore(prompt);
+  CHECK(decoder.positions()[0] == 6);
+  CHECK(decoder.positions()[1] == 6);
+
+  // A forged checkpoint from the future is rejected by name.
+  auto forged = decoder.checkpoint();
+  forged.rewinds += 5;
+  require_mentions(error_message([&] { decoder.restore(forged); }), {"checkpoint.rewinds", "(restores so far)"});
+}
+
+namespace {
+
+// An MLP that throws: the second function of a sequential block failing after the attention
+// appended to its cache.
+struct ThrowingMlp {
+  void operator()(const Routed<float>&, MatrixRef<float>) const {
+    throw std::runtime_error("mlp failed");
+  }
+};
+
+}  // namespace
+
+TEST_CASE("A Block over a CachedAttention whose MLP throws leaves the cache as it was") {
+  const layers::AttentionConfig config{32, 4, 2, 8, 10000.0, 1e-6};
+  const auto attention = layers::Attention<float>::random(config, 81);
+  const auto mlp = layers::SwiGluMlp<float>::random({32, 64, 1e-6}, 82);
+  KvCache<float> cache(2, config.kv_width(), 16);
+  const Vector<float> router_weight = random_vector<float>(32, 83);
+  Block<float, decltype(sequential(layers::CachedAttention<float>(attention, cache), ThrowingMlp{}))> failing(
+      Router<float>(router_weight, 0.f), Capacity::fraction(0.5),
+      sequential(layers::CachedAttention<float>(attention, cache), ThrowingMlp{}));
+  Block<float, decltype(sequential(layers::CachedAttention<float>(attention, cache), mlp))> working(
+      Router<float>(router_weight, 0.f), Capacity::fraction(0.5),
+      sequential(layers::CachedAttention<float>(attention, cache), mlp));
+  const Shape shape{2, 8};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), 32, 84);
+  RowMatrix<float> y = RowMatrix<float>::Constant(shape.rows(), 32, 7.f);
+  Workspace<float> workspace;
+
+  // Into an empty cache, then into one that holds a prompt already.
+  for (int round = 0; round < 2; ++round) {
+    const Index size0 = cache.size(0), size1 = cache.size(1);
+    const std::vector<Position> cached0(cache.positions(0).begin(), cache.positions(0).end());
+    const std::vector<Index> start_index{round * 8, round * 8};
+    CHECK_THROWS_WITH_AS(failing.forward_causal(x, shape, y, workspace, RouterThreshold<float>{-1e30f}, {}, start_index),
+                         "mlp failed", std::runtime_error);
+    CHECK(cache.size(0) == size0);
+    CHECK(cache.size(1) == size1);
+    CHECK(std::equal(cached0.begin(), cached0.end(), cache.positions(0).begin(), cache.positions(0).end()));
+    CHECK((y.array() == 7.f).all());  // y untouched
+    // The same call with a working MLP appends every token (the threshold routes all).
+    RowMatrix<float> z(shape.rows(), 32);
+    working.forward_causal(x, shape, z, workspace, RouterThreshold<float>{-1e30f}, {}, start_index);
+    CHECK(cache.size(0) == size0 + 8);
+    CHECK(cache.size(1) == size1 + 8);
+  }
+}
+
+TEST_CASE("CachedAttention::undo drops exactly a call's tokens and checks they are the last ones") {
+  const layers::AttentionConfig config{16, 2, 1, 8, 10000.0, 1e-6};
+  const auto attention = layers::Attention<float>::random(config, 91);
+  KvCache<float> cache(2, config.kv_width(), 8);
+  const layers::CachedAttention<float> cached(attention, cache);
+  const RowMatrix<float> x = random_matrix<float>(5, 16, 92);
+  RowMatrix<float> out(5, 16);
+  const std::vector<Position> positions{0, 1, 2, 0, 3};
+  const std::vector<Index> offsets{0, 3, 5};
+  const Routed<float> first{x, positions, offsets, nullptr};
+  cached(first, out);
+  const RowMatrix<float> x2 = random_matrix<float>(2, 16, 93);
+  RowMatrix<float> out2(2, 16);
+  const std::vector<Position> positions2{5, 4};
+  const std::vector<Index> offsets2{0, 1, 2};
+  const Routed<float> second{x2, positions2, offsets2, nullptr};
+  cached(second, out2);
+  CHECK(cache.size(0) == 4);
+  CHECK(cache.size(1) == 3);
+  // The first call's tokens are not the last ones any more: rejected, nothing dropped.
+  require_mentions(error_message([&] { cached.undo(first); }),
+                   {"CachedAttention::undo", "in.positions of sequence 0", "the cache's last 3 tokens",
+                    "tokens the cache does not end with"});
+  CHECK(cache.size(0) == 4);
+  cached.undo(second);
+  CHECK(cache.size(0) == 3);
+  CHECK(cache.size(1) == 2);
+  CHECK(cache.positions(1)[1] == 3);
+  cached.undo(first);
+  CHECK(cache.tokens() == 0);
+  require_mentions(error_message([&] { cached.undo(first); }), {"the cache's last 3 tokens"});
+  const std::vector<Index> one_sequence{0, 3};
+  require_mentions(error_message([&] { cached.undo(Routed<float>{x.topRows(3), positions, one_sequence, nullptr}); }),
+                   {"in.batch()", "expected 2", "got 1"});
 }

@@ -213,13 +213,22 @@ TEST_CASE("Decoder steps allocate nothing once one has run, with the context gro
   RowMatrix<float> y(batch * prompt, 128), out(batch, 128);
   for (const layers::Routing routing : {layers::Routing::router, layers::Routing::predictor}) {
     layers::Decoder<float> decoder(config, 33);
-    decoder.reset(batch, prompt + steps + 1, prompt + steps + 1);
+    decoder.reset(batch, prompt + steps + 2, prompt + steps + 2);  // one more for the restore loop
     decoder.prefill(x, {batch, prompt}, y, layers::Routing::top_k);
     decoder.step(token, out, routing);
     INFO("routing ", int(routing));
     CHECK(count_mallocs([&] {
             for (Index s = 0; s < steps; ++s) decoder.step(token, out, routing);
           }) == 0);
+    CHECK(decoder.positions()[0] == prompt + steps + 1);
+    // Decoding again from one point, as the benchmarks do: step, restore, step, ... (restore
+    // keeps a record of where sequences went back to; going back to the same point reuses it).
+    const auto mark = decoder.checkpoint();
+    auto again = [&] {
+      decoder.step(token, out, routing);
+      decoder.restore(mark);
+    };
+    CHECK(mallocs_after_warm_up(again, 20) == 0);
     CHECK(decoder.positions()[0] == prompt + steps + 1);
   }
 }

@@ -55,6 +55,11 @@ class ScratchScope {
   typename Arena<T>::Mark mark_{};
 };
 
+// A block function that can take back what a call changed besides its output (CachedAttention
+// drops the tokens it appended), for a composition that fails after it returned.
+template <class F, class T>
+concept UndoesCall = requires(F& f, const Routed<T>& in) { f.undo(in); };
+
 // A block function that states the width of the rows it takes (the reference layers do).
 template <class F>
 concept StatesWidth = requires(const F& f) {
@@ -67,8 +72,10 @@ concept StatesWidth = requires(const F& f) {
 // returned residual-free so that Block applies Eq. 1 exactly once.
 //
 // attn runs before mlp sees its input, so an mlp that rejects that input throws after attn
-// has written `out` (and a CachedAttention its cache). When both state their width (dim()),
-// the constructor checks that they agree; functions that do not are trusted to.
+// has written `out`. If attn has undo(in) (CachedAttention: the tokens it appended to its
+// cache), anything that throws after attn returned calls it before the exception goes on, so
+// that a Block over a CachedAttention leaves its cache as it was. When both state their width
+// (dim()), the constructor checks that they agree; functions that do not are trusted to.
 template <class Attn, class Mlp>
 class Sequential {
  public:
@@ -99,12 +106,17 @@ class Sequential {
     detail::require_equal("sequential", "out.cols()", in.x.cols(), out.cols());
     detail::ScratchScope<T> scratch(in.scratch);
     attn(in, out);  // out = a
-    auto hidden = scratch->matrix(in.x.rows(), in.x.cols());
-    hidden.noalias() = in.x + out;
-    auto mlp_out = scratch->matrix(in.x.rows(), in.x.cols());
-    const Routed<T> mlp_in{hidden, in.positions, in.offsets, scratch.get()};
-    mlp(mlp_in, mlp_out);
-    out += mlp_out;  // a + m(x~ + a)
+    try {
+      auto hidden = scratch->matrix(in.x.rows(), in.x.cols());
+      hidden.noalias() = in.x + out;
+      auto mlp_out = scratch->matrix(in.x.rows(), in.x.cols());
+      const Routed<T> mlp_in{hidden, in.positions, in.offsets, scratch.get()};
+      mlp(mlp_in, mlp_out);
+      out += mlp_out;  // a + m(x~ + a)
+    } catch (...) {
+      if constexpr (detail::UndoesCall<A, T>) attn.undo(in);
+      throw;
+    }
   }
 
   Attn attn_;

@@ -4,6 +4,7 @@
 // for autoregressive decoding (README.md, Semantics). MoD layers route by top-k over a whole
 // prompt, or causally (a CausalPredictor, or the router's logit) token by token; a token a
 // layer skips never enters that layer's cache.
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -129,7 +130,8 @@ class Decoder {
     for (const auto& l : layers_)
       caches.emplace_back(batch, config_.attention.kv_width(), l->routed ? routed_tokens : dense_tokens);
     std::vector<Index> positions(std::size_t(batch), 0);
-    Checkpoint rollback{std::vector<Index>(layers_.size() * std::size_t(batch), 0), positions, epoch_ + 1};
+    Checkpoint rollback{std::vector<Index>(layers_.size() * std::size_t(batch), 0), positions, epoch_ + 1, 0};
+    std::vector<std::vector<Rewind>> rewinds(static_cast<std::size_t>(batch));
     RowMatrix<T> step_in(batch, dim()), step_out(batch, dim());
     // Nothing throws from here on.
     for (std::size_t i = 0; i < layers_.size(); ++i) {
@@ -138,6 +140,8 @@ class Decoder {
     }
     positions_.swap(positions);
     std::swap(rollback_, rollback);
+    rewinds_.swap(rewinds);
+    rewind_count_ = 0;
     step_in_.swap(step_in);
     step_out_.swap(step_out);
     ++epoch_;
@@ -213,17 +217,19 @@ class Decoder {
   struct Checkpoint {
     std::vector<Index> sizes;
     std::vector<Index> positions;
-    std::uint64_t epoch = 0;  // which reset() the decoder had had (restore() checks it)
+    std::uint64_t epoch = 0;    // which reset() the decoder had had (restore() checks it)
+    std::uint64_t rewinds = 0;  // restore() calls that had taken a sequence back, since that reset()
   };
   Checkpoint checkpoint() const {
     Checkpoint c;
     save_into(c);
     return c;
   }
-  // Requires a checkpoint of this decoder since its last reset() (checked: a checkpoint
-  // from before it throws) on the current line of decoding: every size and position at most
-  // the current one. (A checkpoint from a branch abandoned by restoring an earlier one is
-  // not detected.) Checked before anything changes.
+  // Requires a checkpoint of this decoder since its last reset() on the current line of
+  // decoding: every size and position at most the current one, and no sequence taken back
+  // below its checkpointed position since the checkpoint (a checkpoint of a branch that was
+  // abandoned by restoring an earlier one, whose tokens later steps have overwritten). All
+  // of it is checked, and throws mixdepth::Error, before anything changes.
   void restore(const Checkpoint& c) {
     constexpr std::string_view where = "Decoder::restore";
     const std::size_t batch_size = std::size_t(batch());
@@ -246,9 +252,40 @@ class Decoder {
       if (c.positions[b] < 0 || c.positions[b] > positions_[b])
         detail::fail(where, "checkpoint.positions[" + std::to_string(b) + "]",
                      "in [0, " + std::to_string(positions_[b]) + "]", c.positions[b]);
+    if (c.rewinds > rewind_count_)
+      detail::fail(where, "checkpoint.rewinds", "<= " + std::to_string(rewind_count_) + " (restores so far)", c.rewinds);
+    bool rewinding = false;
+    for (std::size_t b = 0; b < batch_size; ++b) {
+      const auto& past = rewinds_[b];
+      // The lowest position sequence b went back to since the checkpoint: the first of the
+      // later rewinds (positions ascend along the list).
+      const auto later = std::upper_bound(past.begin(), past.end(), c.rewinds,
+                                          [](std::uint64_t at, const Rewind& r) { return at < r.index; });
+      if (later != past.end() && later->position < c.positions[b])
+        detail::fail(where, "checkpoint",
+                     "one on the current line of decoding (sequence " + std::to_string(b) +
+                         " has not gone back below its position " + std::to_string(c.positions[b]) + " since)",
+                     "one of an abandoned branch: sequence " + std::to_string(b) + " went back to position " +
+                         std::to_string(later->position) + " after it");
+      rewinding = rewinding || c.positions[b] < positions_[b];
+    }
+    // A rewind to a position hides the earlier ones at or above it (a checkpoint older than
+    // both is judged by the lower): those records go. Room for the new one is made first, so
+    // that nothing throws once the caches change, and only when the list grows, so that going
+    // back to the same point again and again allocates nothing after the first time.
+    for (std::size_t b = 0; b < batch_size; ++b)
+      if (c.positions[b] < positions_[b]) rewinds_[b].reserve(kept_rewinds(b, c.positions[b]) + 1);
     for (std::size_t l = 0; l < layers_.size(); ++l)
       for (std::size_t b = 0; b < batch_size; ++b) layers_[l]->cache.truncate(Index(b), c.sizes[l * batch_size + b]);
-    positions_ = c.positions;
+    if (rewinding) {
+      ++rewind_count_;
+      for (std::size_t b = 0; b < batch_size; ++b) {
+        if (c.positions[b] >= positions_[b]) continue;
+        rewinds_[b].resize(kept_rewinds(b, c.positions[b]));
+        rewinds_[b].push_back(Rewind{rewind_count_, c.positions[b]});
+      }
+    }
+    std::copy(c.positions.begin(), c.positions.end(), positions_.begin());
   }
 
   // Bytes the caches hold, all layers.
@@ -273,6 +310,15 @@ class Decoder {
     if (positions_.empty()) detail::fail(where, "decoder", "reset(batch, ...) called first", "no reset");
   }
 
+  // How many of sequence b's rewind records stay when it goes back to `position`: those
+  // below it.
+  std::size_t kept_rewinds(std::size_t b, Index position) const {
+    const auto& past = rewinds_[b];
+    std::size_t kept = past.size();
+    while (kept > 0 && past[kept - 1].position >= position) --kept;
+    return kept;
+  }
+
   long sum(long Layer::*field) const {
     long total = 0;
     for (const auto& l : layers_) total += (*l).*field;
@@ -287,6 +333,7 @@ class Decoder {
       for (Index b = 0; b < batch(); ++b) c.sizes[l * std::size_t(batch()) + std::size_t(b)] = layers_[l]->cache.size(b);
     c.positions.assign(positions_.begin(), positions_.end());
     c.epoch = epoch_;
+    c.rewinds = rewind_count_;
   }
 
   template <class B>
@@ -353,6 +400,16 @@ class Decoder {
   std::vector<Index> positions_;
   Checkpoint rollback_;  // where a prefill or step that throws returns to
   std::uint64_t epoch_ = 0;  // reset() calls so far: a checkpoint belongs to one of them
+  // A restore() that took sequences back below their positions: the how-manieth such restore
+  // since reset() it was, and where one sequence went.
+  struct Rewind {
+    std::uint64_t index;
+    Index position;
+  };
+  // Per sequence, the rewinds a checkpoint could be older than, index and position
+  // ascending; at most one per position.
+  std::vector<std::vector<Rewind>> rewinds_;
+  std::uint64_t rewind_count_ = 0;
   std::vector<long> routed_this_step_;  // per layer: rows the current step routed
   RowMatrix<T> step_in_, step_out_;
   Workspace<T> workspace_;
