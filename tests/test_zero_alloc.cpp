@@ -5,6 +5,7 @@
 // operator new in this executable; its operator new calls std::malloc and lands here too.
 #include "test_helpers.hpp"
 
+#include <new>
 #include <vector>
 
 #include "heap_counter.hpp"
@@ -167,6 +168,155 @@ TEST_CASE("the layers' steps allocate nothing once their arena has grown (d 512)
 }
 
 #if __has_include(<mixdepth/layers/cached_attention.hpp>)
+namespace {
+
+// Runs `call` with its allocation n failing (std::bad_alloc), for n = 0, 1, ... until a run
+// no longer reaches the failing one; after each run that threw, `unchanged()` must hold. A
+// run that succeeds although its allocation failed (the code had a way around it) is taken
+// back by `take_back()` before the next. Returns how many allocations the last run made
+// (each was made to fail once before it).
+template <class Call, class Unchanged, class TakeBack>
+long fail_each_allocation(Call&& call, Unchanged&& unchanged, TakeBack&& take_back) {
+  for (long n = 0; n < 100000; ++n) {
+    bool threw = false;
+    long used = 0;
+    heap_counter::fail_nth(n);
+    try {
+      const long before = heap_counter::count();
+      call();
+      used = heap_counter::count() - before;
+    } catch (const std::bad_alloc&) {
+      threw = true;
+    } catch (...) {
+      heap_counter::fail_nth(-1);
+      throw;
+    }
+    const bool failed = heap_counter::failed();
+    heap_counter::fail_nth(-1);
+    INFO("allocation ", n, " of the call failed");
+    if (threw) {
+      CHECK(failed);
+      CHECK(unchanged());
+    } else if (failed) {
+      take_back();
+    } else {
+      CHECK(used <= n);
+      return used;
+    }
+  }
+  FAIL("the call kept failing");
+  return -1;
+}
+
+std::vector<Index> cache_sizes(const KvCache<float>& cache) {
+  std::vector<Index> sizes;
+  for (Index b = 0; b < cache.batch(); ++b) sizes.push_back(cache.size(b));
+  return sizes;
+}
+
+}  // namespace
+
+TEST_CASE("an allocation that fails anywhere in a CachedAttention call, or a Block over one, leaves "
+          "the cache as it was" * doctest::skip(!counting)) {
+  const layers::AttentionConfig config{64, 4, 2, 16, 10000.0, 1e-6};
+  const auto attention = layers::Attention<float>::random(config, 21);
+  const auto mlp = layers::SwiGluMlp<float>::random({64, 128, 1e-6}, 22);
+  KvCache<float> cache(3, config.kv_width(), 400);
+  const layers::CachedAttention<float> cached(attention, cache);
+  // Routed rows: `counts[b]` per sequence b, at positions from `starts[b]`.
+  auto routed_positions = [](const std::vector<Index>& counts, const std::vector<Index>& starts) {
+    std::vector<Position> positions;
+    for (std::size_t b = 0; b < counts.size(); ++b)
+      for (Index j = 0; j < counts[b]; ++j) positions.push_back(Position(starts[b] + j));
+    return positions;
+  };
+  // A prompt first, long in sequence 2 only, so that the attention of sequence 2 needs far
+  // more scratch than anything before it in the next call: allocations then fail after
+  // sequences 0 and 1 have appended their tokens.
+  const RowMatrix<float> prompt = random_matrix<float>(302, 64, 23);
+  RowMatrix<float> prompt_out(302, 64);
+  const std::vector<Index> prompt_offsets{0, 1, 2, 302};
+  const std::vector<Position> prompt_positions = routed_positions({1, 1, 300}, {0, 0, 0});
+  cached(Routed<float>{prompt, prompt_positions, prompt_offsets, nullptr}, prompt_out);
+  const RowMatrix<float> x = random_matrix<float>(24, 64, 24);
+  RowMatrix<float> out(6, 64);
+  const std::vector<Index> offsets{0, 2, 4, 6};
+  const std::vector<Position> positions = routed_positions({2, 2, 2}, {1, 1, 300});
+  // No arena: the call brings its own, so every run allocates all of its scratch afresh.
+  std::vector<Index> before = cache_sizes(cache);
+  auto take_back = [&] {
+    for (Index b = 0; b < cache.batch(); ++b) cache.truncate(b, before[std::size_t(b)]);
+  };
+  const long points =
+      fail_each_allocation([&] { cached(Routed<float>{x.topRows(6), positions, offsets, nullptr}, out); },
+                           [&] { return cache_sizes(cache) == before; }, take_back);
+  CHECK(points >= 2);
+  CHECK(cache_sizes(cache) == std::vector<Index>{3, 3, 302});
+
+  // The same rows once more at later positions, through a Block whose MLP allocates after
+  // the attention has appended: Sequential hands the failure to CachedAttention::undo.
+  Block<float, decltype(sequential(cached, mlp))> block(Router<float>(random_vector<float>(64, 24), 0.f),
+                                                        Capacity::fraction(1.0), sequential(cached, mlp));
+  const Shape shape{3, 8};
+  const RowMatrix<float> y0 = RowMatrix<float>::Constant(shape.rows(), 64, 5.f);
+  RowMatrix<float> y = y0;
+  const std::vector<Index> starts{3, 3, 302};
+  before = cache_sizes(cache);
+  const long block_points = fail_each_allocation(
+      [&] {
+        Workspace<float> workspace;  // fresh: the forward allocates its buffers too
+        block.forward_causal(x.topRows(shape.rows()), shape, y, workspace, RouterThreshold<float>{-1e30f}, {}, starts);
+      },
+      [&] { return cache_sizes(cache) == before && y == y0; },
+      [&] {
+        take_back();
+        y = y0;
+      });
+  CHECK(block_points > points);
+  CHECK(cache_sizes(cache) == std::vector<Index>{11, 11, 310});
+}
+
+TEST_CASE("an allocation that fails anywhere in Decoder::prefill or step leaves caches, positions and "
+          "layer inputs as they were" * doctest::skip(!counting)) {
+  layers::DecoderConfig config;
+  config.layers = 2;  // layer 1 is MoD
+  config.attention = {.d_model = 64, .n_heads = 4, .n_kv_heads = 2, .head_dim = 16};
+  config.mlp = {.d_model = 64, .hidden = 128};
+  config.predictor_hidden = 16;
+  layers::Decoder<float> decoder(config, 34);
+  decoder.reset(2, 16, 16);
+  const Shape shape{2, 6};
+  const RowMatrix<float> x = random_matrix<float>(shape.rows(), 64, 35);
+  RowMatrix<float> y(shape.rows(), 64), out(2, 64);
+  std::vector<RowMatrix<float>> inputs(1, RowMatrix<float>::Constant(1, 1, 3.f));
+  const auto empty = decoder.checkpoint();
+  auto as_before = [&](const layers::Decoder<float>::Checkpoint& c) {
+    const auto now = decoder.checkpoint();
+    return now.sizes == c.sizes && now.positions == c.positions && inputs.size() == 1 && inputs[0].size() == 1 &&
+           inputs[0](0, 0) == 3.f;
+  };
+  const long prefill_points = fail_each_allocation(
+      [&] { decoder.prefill(x, shape, y, layers::Routing::top_k, {}, &inputs); }, [&] { return as_before(empty); },
+      [&] {
+        decoder.restore(empty);
+        inputs.assign(1, RowMatrix<float>::Constant(1, 1, 3.f));
+      });
+  CHECK(prefill_points >= 2);
+  CHECK(decoder.positions()[0] == 6);
+
+  inputs.assign(1, RowMatrix<float>::Constant(1, 1, 3.f));
+  const RowMatrix<float> token = random_matrix<float>(2, 64, 36);
+  const auto prompt = decoder.checkpoint();
+  const long step_points = fail_each_allocation(
+      [&] { decoder.step(token, out, layers::Routing::predictor, &inputs); }, [&] { return as_before(prompt); },
+      [&] {
+        decoder.restore(prompt);
+        inputs.assign(1, RowMatrix<float>::Constant(1, 1, 3.f));
+      });
+  CHECK(step_points >= 1);
+  CHECK(decoder.positions()[0] == 7);
+}
+
 TEST_CASE("a CachedAttention decode step allocates nothing once warm" * doctest::skip(!counting)) {
   const layers::AttentionConfig config{512, 8, 2, 64, 10000.0, 1e-6};
   const auto attention = layers::Attention<float>::random(config, 17);

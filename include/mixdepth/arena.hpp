@@ -115,12 +115,18 @@ class Arena {
   }
 
   // Releases everything. When the last cycle needed more than one chunk, they become one
-  // chunk as large as all of them: from then on the same cycle allocates nothing.
-  void reset() {
+  // chunk as large as all of them: from then on the same cycle allocates nothing. Never
+  // throws: if that chunk cannot be allocated, the old ones stay (a cycle reuses them in
+  // turn) and the next reset() tries again. (Block resets after its function returned, when
+  // a throw would leave a function that keeps state, such as a CachedAttention, changed.)
+  void reset() noexcept {
     if (chunks_.size() > 1) {
-      Chunk whole = Chunk::make(capacity_);  // before the old ones go: a throw keeps them
-      chunks_.clear();
-      chunks_.push_back(std::move(whole));
+      try {
+        Chunk whole = Chunk::make(capacity_);  // before the old ones go
+        chunks_.clear();
+        chunks_.push_back(std::move(whole));  // no allocation: the list held more than one
+      } catch (const std::bad_alloc&) {
+      }
     }
     current_ = 0;
     used_ = 0;

@@ -26,35 +26,49 @@ void __libc_free(void*);
 
 namespace {
 std::atomic<long> allocations{0};
-void counted() { allocations.fetch_add(1, std::memory_order_relaxed); }
+std::atomic<long> failing{-1};  // the index of the allocation that fails; -1: none
+std::atomic<bool> fired{false};  // it has failed
+// Counts one allocation; false when it is the one to fail.
+bool counted() {
+  const long index = allocations.fetch_add(1, std::memory_order_relaxed);
+  if (index != failing.load(std::memory_order_relaxed)) return true;
+  fired.store(true, std::memory_order_relaxed);
+  errno = ENOMEM;
+  return false;
+}
 }  // namespace
 
 long heap_counter::count() { return allocations.load(std::memory_order_relaxed); }
 bool heap_counter::active() { return true; }
+void heap_counter::fail_nth(long n) {
+  fired.store(false, std::memory_order_relaxed);
+  failing.store(n < 0 ? -1 : count() + n, std::memory_order_relaxed);
+}
+bool heap_counter::failed() { return fired.load(std::memory_order_relaxed); }
 
 extern "C" {
 void* malloc(std::size_t n) {
-  counted();
+  if (!counted()) return nullptr;
   return __libc_malloc(n);
 }
 void* calloc(std::size_t count, std::size_t n) {
-  counted();
+  if (!counted()) return nullptr;
   return __libc_calloc(count, n);
 }
 void* realloc(void* p, std::size_t n) {
-  counted();
+  if (!counted()) return nullptr;
   return __libc_realloc(p, n);
 }
 void* memalign(std::size_t alignment, std::size_t n) {
-  counted();
+  if (!counted()) return nullptr;
   return __libc_memalign(alignment, n);
 }
 void* aligned_alloc(std::size_t alignment, std::size_t n) {
-  counted();
+  if (!counted()) return nullptr;
   return __libc_memalign(alignment, n);
 }
 int posix_memalign(void** out, std::size_t alignment, std::size_t n) {
-  counted();
+  if (!counted()) return ENOMEM;
   void* p = __libc_memalign(alignment, n);
   if (p == nullptr) return ENOMEM;
   *out = p;
@@ -65,4 +79,6 @@ void free(void* p) { __libc_free(p); }
 #else
 long heap_counter::count() { return 0; }
 bool heap_counter::active() { return false; }
+void heap_counter::fail_nth(long) {}
+bool heap_counter::failed() { return false; }
 #endif

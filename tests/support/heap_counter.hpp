@@ -11,6 +11,14 @@ namespace heap_counter {
 long count();
 bool active();
 
+// Failure injection for tests of exception safety: the allocation `n` calls of the malloc
+// family from now (0: the next one) returns null, so that operator new and Eigen throw
+// std::bad_alloc; the ones after it succeed again. A negative n disarms. Does nothing where
+// !active().
+void fail_nth(long n);
+// Whether the allocation fail_nth() armed has failed since.
+bool failed();
+
 // The allocations since count() was `before`, per iteration, for a benchmark's counter: NaN
 // where nothing is counted (under AddressSanitizer), so that 0 always means none.
 inline double per_iteration(long before, double iterations) {
