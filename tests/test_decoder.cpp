@@ -694,7 +694,7 @@ TEST_CASE("decoder: restore() rejects a checkpoint of an abandoned branch, and o
   // A forged checkpoint from the future is rejected by name.
   auto forged = decoder.checkpoint();
   forged.rewinds += 5;
-  require_mentions(error_message([&] { decoder.restore(forged); }), {"checkpoint.rewinds", "(restores so far)"});
+  require_mentions(error_message([&] { decoder.restore(forged); }), {"checkpoint.rewinds", "(restores that took a sequence back, so far)"});
 }
 
 namespace {
@@ -713,7 +713,7 @@ TEST_CASE("A Block over a CachedAttention whose MLP throws leaves the cache as i
   const layers::AttentionConfig config{32, 4, 2, 8, 10000.0, 1e-6};
   const auto attention = layers::Attention<float>::random(config, 81);
   const auto mlp = layers::SwiGluMlp<float>::random({32, 64, 1e-6}, 82);
-  KvCache<float> cache(2, config.kv_width(), 16);
+  KvCache<float> cache(2, config.kv_width(), 24);  // two rounds of 8 tokens, then the nested block's 8
   const Vector<float> router_weight = random_vector<float>(32, 83);
   Block<float, decltype(sequential(layers::CachedAttention<float>(attention, cache), ThrowingMlp{}))> failing(
       Router<float>(router_weight, 0.f), Capacity::fraction(0.5),
@@ -743,6 +743,22 @@ TEST_CASE("A Block over a CachedAttention whose MLP throws leaves the cache as i
     CHECK(cache.size(0) == size0 + 8);
     CHECK(cache.size(1) == size1 + 8);
   }
+
+  // A Sequential nested as another's attention is taken back too (Sequential::undo), whether
+  // the Block is used as const or not.
+  using Inner = decltype(sequential(layers::CachedAttention<float>(attention, cache), mlp));
+  static_assert(detail::UndoesCall<Inner, float> && detail::UndoesCall<const Inner, float>);
+  static_assert(!detail::UndoesCall<decltype(sequential(mlp, mlp)), float>);
+  const Block<float, decltype(sequential(std::declval<Inner>(), ThrowingMlp{}))> nested(
+      Router<float>(router_weight, 0.f), Capacity::fraction(0.5),
+      sequential(sequential(layers::CachedAttention<float>(attention, cache), mlp), ThrowingMlp{}));
+  const Index size0 = cache.size(0), size1 = cache.size(1);
+  CHECK_THROWS_WITH_AS(nested.forward_causal(x, shape, y, workspace, RouterThreshold<float>{-1e30f}, {},
+                                             std::vector<Index>{size0, size1}),
+                       "mlp failed", std::runtime_error);
+  CHECK(cache.size(0) == size0);
+  CHECK(cache.size(1) == size1);
+  CHECK((y.array() == 7.f).all());
 }
 
 TEST_CASE("CachedAttention::undo drops exactly a call's tokens and checks they are the last ones") {
@@ -767,7 +783,7 @@ TEST_CASE("CachedAttention::undo drops exactly a call's tokens and checks they a
   // The first call's tokens are not the last ones any more: rejected, nothing dropped.
   require_mentions(error_message([&] { cached.undo(first); }),
                    {"CachedAttention::undo", "in.positions of sequence 0", "the cache's last 3 tokens",
-                    "tokens the cache does not end with"});
+                    "got position 0 where the cache's token 1 is at 1"});
   CHECK(cache.size(0) == 4);
   cached.undo(second);
   CHECK(cache.size(0) == 3);
@@ -775,7 +791,7 @@ TEST_CASE("CachedAttention::undo drops exactly a call's tokens and checks they a
   CHECK(cache.positions(1)[1] == 3);
   cached.undo(first);
   CHECK(cache.tokens() == 0);
-  require_mentions(error_message([&] { cached.undo(first); }), {"the cache's last 3 tokens"});
+  require_mentions(error_message([&] { cached.undo(first); }), {"the cache's last 3 tokens", "got a cache of 0 tokens"});
   const std::vector<Index> one_sequence{0, 3};
   require_mentions(error_message([&] { cached.undo(Routed<float>{x.topRows(3), positions, one_sequence, nullptr}); }),
                    {"in.batch()", "expected 2", "got 1"});

@@ -56,7 +56,7 @@ def main():
     cases = torch_peer.block_cases()
     ratios = {name: [] for name, _ in cases}
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.rounds} rounds, "
-          f"medians of {args.repeats}; times mixdepth / PyTorch")
+          f"medians of {args.repeats}, OpenBLAS core {torch_peer.OPENBLAS_CORE}; times mixdepth / PyTorch")
     with torch.no_grad():
         for round_number in range(1, args.rounds + 1):
             ours = mixdepth_times(args.bench, args.repeats)

@@ -7,7 +7,12 @@ torch.topk, on the shapes of bench/bench_block.cpp and bench/bench_topk.cpp, on 
 Needs Debian's python3-torch (PyTorch 1.13, CPU). Its CPU matrix products go through
 whichever libblas.so.3 Debian's alternatives select: the reference BLAS by default (about
 3 GFLOP/s here), OpenBLAS once `apt-get install libopenblas0-pthread` is done (about 100).
-Use OpenBLAS for a fair peer (the script sets OPENBLAS_NUM_THREADS=1 unless it is set). Prints one line per case with the median
+Use OpenBLAS for a fair peer (the script sets OPENBLAS_NUM_THREADS=1 unless it is set).
+Debian 12's OpenBLAS (0.3.21) does not know newer CPUs, such as Intel's Emerald Rapids
+(family 6 model 207), and runs them on its generic Prescott kernels at about 19 GFLOP/s
+instead of 140: when it would, and OPENBLAS_CORETYPE is not set, the script sets it to the
+kernels the CPU's flags allow (SkylakeX for AVX-512, Haswell for AVX2) and says so in its
+first line. Prints one line per case with the median
 time over repetitions, in the units Google Benchmark uses, so bench/README.md can put the
 two side by side. The blocks are written here from the semantics in README.md, not
 taken from any other implementation:
@@ -17,10 +22,43 @@ taken from any other implementation:
 """
 import argparse
 import os
+import re
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before torch loads OpenBLAS
+
+
+def openblas_core():
+    """The OpenBLAS kernels this process will use, and why: OPENBLAS_CORETYPE as set, or
+    OpenBLAS's own choice, or (when that is its generic fallback on a CPU with AVX-512 or
+    AVX2) the kernels for those, which this function then sets. Runs before torch loads."""
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        return f"{os.environ['OPENBLAS_CORETYPE']} (OPENBLAS_CORETYPE as set)"
+    probe = subprocess.run([sys.executable, "-c", "import torch; torch.ones(2, 2) @ torch.ones(2, 2)"],
+                           env=dict(os.environ, OPENBLAS_VERBOSE="2"), capture_output=True, text=True)
+    found = re.search(r"Core: (\S+)", probe.stdout + probe.stderr)
+    detected = found.group(1) if found else "unknown"
+    if detected != "Prescott":
+        return f"{detected} (detected)"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = set(re.search(r"^flags\s*:(.*)$", cpuinfo.read(), re.M).group(1).split())
+    except (OSError, AttributeError):
+        return f"{detected} (detected)"
+    if {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        core = "SkylakeX"
+    elif {"avx2", "fma"} <= flags:
+        core = "Haswell"
+    else:
+        return f"{detected} (detected)"
+    os.environ["OPENBLAS_CORETYPE"] = core
+    return f"{core} (set: this OpenBLAS did not know the CPU and chose its generic {detected})"
+
+
+OPENBLAS_CORE = openblas_core()
 import torch  # noqa: E402
 
 D_MODEL, HEADS, HEAD_DIM, HIDDEN = 512, 8, 64, 1536
@@ -133,7 +171,7 @@ def main():
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     gemm = median_seconds(lambda: a @ b, args.repeats)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, median of {args.repeats}, "
-          f"SGEMM 1024^3 {2 * 1024 ** 3 / gemm * 1e-9:.1f} GFLOP/s")
+          f"SGEMM 1024^3 {2 * 1024 ** 3 / gemm * 1e-9:.1f} GFLOP/s, OpenBLAS core {OPENBLAS_CORE}")
 
     with torch.no_grad():
         for n, k in TOPK_SIZES:

@@ -74,8 +74,12 @@ concept StatesWidth = requires(const F& f) {
 // attn runs before mlp sees its input, so an mlp that rejects that input throws after attn
 // has written `out`. If attn has undo(in) (CachedAttention: the tokens it appended to its
 // cache), anything that throws after attn returned calls it before the exception goes on, so
-// that a Block over a CachedAttention leaves its cache as it was. When both state their width
-// (dim()), the constructor checks that they agree; functions that do not are trusted to.
+// that a Block over a CachedAttention leaves its cache as it was. undo is looked up with the
+// constness of the call: called through a const Sequential (a const Block), attn's undo must
+// be const (CachedAttention's is). An undo that throws replaces the exception in flight.
+// Sequential has undo itself when attn has, so a Sequential nested as another's attn is
+// taken back too. When both state their width (dim()), the constructor checks that they
+// agree; functions that do not are trusted to.
 template <class Attn, class Mlp>
 class Sequential {
  public:
@@ -92,6 +96,18 @@ class Sequential {
   template <class T>
   void operator()(const Routed<T>& in, std::type_identity_t<MatrixRef<T>> out) {
     run(attn_, mlp_, in, out);
+  }
+
+  // Takes back what a call with `in` changed besides its output: attn's undo(in).
+  template <class T>
+    requires detail::UndoesCall<const Attn, T>
+  void undo(const Routed<T>& in) const {
+    attn_.undo(in);
+  }
+  template <class T>
+    requires detail::UndoesCall<Attn, T>
+  void undo(const Routed<T>& in) {
+    attn_.undo(in);
   }
 
   Attn& attention() { return attn_; }

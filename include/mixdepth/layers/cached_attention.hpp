@@ -78,10 +78,17 @@ class CachedAttention {
     for (Index b = 0; b < in.batch(); ++b) {
       const auto cached = cache_->positions(b);
       const auto added = sequence_positions(in, b);
-      if (added.size() > cached.size() || !std::equal(added.begin(), added.end(), cached.end() - added.size()))
-        detail::fail(where, "in.positions of sequence " + std::to_string(b),
-                     "the positions of the cache's last " + std::to_string(added.size()) + " tokens",
-                     "tokens the cache does not end with");
+      const std::string argument = "in.positions of sequence " + std::to_string(b);
+      const std::string expected = "the positions of the cache's last " + std::to_string(added.size()) + " tokens";
+      if (added.size() > cached.size())
+        detail::fail(where, argument, expected, "a cache of " + std::to_string(cached.size()) + " tokens");
+      const std::size_t first = cached.size() - added.size();
+      const auto [in_at, cache_at] = std::mismatch(added.begin(), added.end(), cached.begin() + first);
+      if (in_at != added.end())
+        detail::fail(where, argument, expected,
+                     "position " + std::to_string(*in_at) + " where the cache's token " +
+                         std::to_string(first + std::size_t(in_at - added.begin())) + " is at " +
+                         std::to_string(*cache_at));
     }
     drop(in, in.batch());
   }

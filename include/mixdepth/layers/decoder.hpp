@@ -228,8 +228,11 @@ class Decoder {
   // Requires a checkpoint of this decoder since its last reset() on the current line of
   // decoding: every size and position at most the current one, and no sequence taken back
   // below its checkpointed position since the checkpoint (a checkpoint of a branch that was
-  // abandoned by restoring an earlier one, whose tokens later steps have overwritten). All
-  // of it is checked, and throws mixdepth::Error, before anything changes.
+  // abandoned by restoring an earlier one). The test is by position and is conservative: a
+  // sequence that went back and then decoded the very same tokens again, or whose dropped
+  // tokens no cache had kept (every layer MoD and none routed them), still counts as having
+  // left the checkpoint's branch. All of it is checked, and throws mixdepth::Error, before
+  // anything changes; so does std::bad_alloc from the room made for the new rewind record.
   void restore(const Checkpoint& c) {
     constexpr std::string_view where = "Decoder::restore";
     const std::size_t batch_size = std::size_t(batch());
@@ -253,7 +256,7 @@ class Decoder {
         detail::fail(where, "checkpoint.positions[" + std::to_string(b) + "]",
                      "in [0, " + std::to_string(positions_[b]) + "]", c.positions[b]);
     if (c.rewinds > rewind_count_)
-      detail::fail(where, "checkpoint.rewinds", "<= " + std::to_string(rewind_count_) + " (restores so far)", c.rewinds);
+      detail::fail(where, "checkpoint.rewinds", "<= " + std::to_string(rewind_count_) + " (restores that took a sequence back, so far)", c.rewinds);
     bool rewinding = false;
     for (std::size_t b = 0; b < batch_size; ++b) {
       const auto& past = rewinds_[b];
