@@ -759,6 +759,19 @@ TEST_CASE("A Block over a CachedAttention whose MLP throws leaves the cache as i
   CHECK(cache.size(0) == size0);
   CHECK(cache.size(1) == size1);
   CHECK((y.array() == 7.f).all());
+
+  // The cached attention as the second function of the nested Sequential: undone too.
+  using Reversed = decltype(sequential(mlp, layers::CachedAttention<float>(attention, cache)));
+  static_assert(detail::UndoesCall<Reversed, float> && detail::UndoesCall<const Reversed, float>);
+  const Block<float, decltype(sequential(std::declval<Reversed>(), ThrowingMlp{}))> reversed(
+      Router<float>(router_weight, 0.f), Capacity::fraction(0.5),
+      sequential(sequential(mlp, layers::CachedAttention<float>(attention, cache)), ThrowingMlp{}));
+  CHECK_THROWS_WITH_AS(reversed.forward_causal(x, shape, y, workspace, RouterThreshold<float>{-1e30f}, {},
+                                               std::vector<Index>{size0, size1}),
+                       "mlp failed", std::runtime_error);
+  CHECK(cache.size(0) == size0);
+  CHECK(cache.size(1) == size1);
+  CHECK((y.array() == 7.f).all());
 }
 
 TEST_CASE("CachedAttention::undo drops exactly a call's tokens and checks they are the last ones") {
@@ -792,7 +805,10 @@ TEST_CASE("CachedAttention::undo drops exactly a call's tokens and checks they a
   cached.undo(first);
   CHECK(cache.tokens() == 0);
   require_mentions(error_message([&] { cached.undo(first); }), {"the cache's last 3 tokens", "got a cache of 0 tokens"});
+  const std::vector<Index> backwards{0, 4, 3};
+  require_mentions(error_message([&] { cached.undo(Routed<float>{x, positions, backwards, nullptr}); }),
+                   {"CachedAttention::undo", "in.offsets[2]", "expected >= 4", "got 3"});
   const std::vector<Index> one_sequence{0, 3};
-  require_mentions(error_message([&] { cached.undo(Routed<float>{x.topRows(3), positions, one_sequence, nullptr}); }),
+  require_mentions(error_message([&] { cached.undo(Routed<float>{x.topRows(3), std::span<const Position>(positions).first(3), one_sequence, nullptr}); }),
                    {"in.batch()", "expected 2", "got 1"});
 }

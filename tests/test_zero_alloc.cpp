@@ -6,6 +6,7 @@
 #include "test_helpers.hpp"
 
 #include <new>
+#include <string>
 #include <vector>
 
 #include "heap_counter.hpp"
@@ -170,17 +171,24 @@ TEST_CASE("the layers' steps allocate nothing once their arena has grown (d 512)
 #if __has_include(<mixdepth/layers/cached_attention.hpp>)
 namespace {
 
+// How fail_each_allocation exhausts memory: allocation n alone fails, or every one from n on
+// (then the code's clean-up after the first failure must not allocate either).
+enum class Exhaustion { one, onward };
+
 // Runs `call` with its allocation n failing (std::bad_alloc), for n = 0, 1, ... until a run
 // no longer reaches the failing one; after each run that threw, `unchanged()` must hold. A
 // run that succeeds although its allocation failed (the code had a way around it) is taken
 // back by `take_back()` before the next. Returns how many allocations the last run made
 // (each was made to fail once before it).
 template <class Call, class Unchanged, class TakeBack>
-long fail_each_allocation(Call&& call, Unchanged&& unchanged, TakeBack&& take_back) {
+long fail_each_allocation(Exhaustion exhaustion, Call&& call, Unchanged&& unchanged, TakeBack&& take_back) {
   for (long n = 0; n < 100000; ++n) {
     bool threw = false;
     long used = 0;
-    heap_counter::fail_nth(n);
+    if (exhaustion == Exhaustion::onward)
+      heap_counter::fail_from(n);
+    else
+      heap_counter::fail_nth(n);
     try {
       const long before = heap_counter::count();
       call();
@@ -193,7 +201,8 @@ long fail_each_allocation(Call&& call, Unchanged&& unchanged, TakeBack&& take_ba
     }
     const bool failed = heap_counter::failed();
     heap_counter::fail_nth(-1);
-    INFO("allocation ", n, " of the call failed");
+    const std::string which = exhaustion == Exhaustion::onward ? " and every later one" : "";
+    INFO("allocation ", n, which, " of the call failed");
     if (threw) {
       CHECK(failed);
       CHECK(unchanged());
@@ -207,6 +216,18 @@ long fail_each_allocation(Call&& call, Unchanged&& unchanged, TakeBack&& take_ba
   FAIL("the call kept failing");
   return -1;
 }
+
+// A reference MLP that first takes memory from the heap: a Block over sequential(cached
+// attention, this) fails after the attention appended, with memory exhausted from then on
+// when the failing allocation is this one.
+struct HeapMlp {
+  layers::SwiGluMlp<float> mlp;
+  void operator()(const Routed<float>& in, MatrixRef<float> out) const {
+    const std::vector<float> taken(std::size_t(in.x.size()) + 1, 0.f);
+    mlp(in, out);
+    out(0, 0) += taken.back();
+  }
+};
 
 std::vector<Index> cache_sizes(const KvCache<float>& cache) {
   std::vector<Index> sizes;
@@ -247,33 +268,44 @@ TEST_CASE("an allocation that fails anywhere in a CachedAttention call, or a Blo
   auto take_back = [&] {
     for (Index b = 0; b < cache.batch(); ++b) cache.truncate(b, before[std::size_t(b)]);
   };
-  const long points =
-      fail_each_allocation([&] { cached(Routed<float>{x.topRows(6), positions, offsets, nullptr}, out); },
-                           [&] { return cache_sizes(cache) == before; }, take_back);
-  CHECK(points >= 2);
-  CHECK(cache_sizes(cache) == std::vector<Index>{3, 3, 302});
+  long points = 0;
+  for (const Exhaustion exhaustion : {Exhaustion::one, Exhaustion::onward}) {
+    take_back();
+    points = fail_each_allocation(
+        exhaustion, [&] { cached(Routed<float>{x.topRows(6), positions, offsets, nullptr}, out); },
+        [&] { return cache_sizes(cache) == before; }, take_back);
+    CHECK(points >= 2);
+    CHECK(cache_sizes(cache) == std::vector<Index>{3, 3, 302});
+  }
 
   // The same rows once more at later positions, through a Block whose MLP allocates after
-  // the attention has appended: Sequential hands the failure to CachedAttention::undo.
-  Block<float, decltype(sequential(cached, mlp))> block(Router<float>(random_vector<float>(64, 24), 0.f),
-                                                        Capacity::fraction(1.0), sequential(cached, mlp));
+  // the attention has appended: Sequential hands the failure to CachedAttention::undo, which
+  // must not allocate when memory stays exhausted.
+  Block<float, decltype(sequential(cached, HeapMlp{mlp}))> block(Router<float>(random_vector<float>(64, 24), 0.f),
+                                                                 Capacity::fraction(1.0), sequential(cached, HeapMlp{mlp}));
   const Shape shape{3, 8};
   const RowMatrix<float> y0 = RowMatrix<float>::Constant(shape.rows(), 64, 5.f);
   RowMatrix<float> y = y0;
   const std::vector<Index> starts{3, 3, 302};
   before = cache_sizes(cache);
-  const long block_points = fail_each_allocation(
-      [&] {
-        Workspace<float> workspace;  // fresh: the forward allocates its buffers too
-        block.forward_causal(x.topRows(shape.rows()), shape, y, workspace, RouterThreshold<float>{-1e30f}, {}, starts);
-      },
-      [&] { return cache_sizes(cache) == before && y == y0; },
-      [&] {
-        take_back();
-        y = y0;
-      });
-  CHECK(block_points > points);
-  CHECK(cache_sizes(cache) == std::vector<Index>{11, 11, 310});
+  for (const Exhaustion exhaustion : {Exhaustion::one, Exhaustion::onward}) {
+    take_back();
+    y = y0;
+    const long block_points = fail_each_allocation(
+        exhaustion,
+        [&] {
+          Workspace<float> workspace;  // fresh: the forward allocates its buffers too
+          block.forward_causal(x.topRows(shape.rows()), shape, y, workspace, RouterThreshold<float>{-1e30f}, {},
+                               starts);
+        },
+        [&] { return cache_sizes(cache) == before && y == y0; },
+        [&] {
+          take_back();
+          y = y0;
+        });
+    CHECK(block_points > points);
+    CHECK(cache_sizes(cache) == std::vector<Index>{11, 11, 310});
+  }
 }
 
 TEST_CASE("an allocation that fails anywhere in Decoder::prefill or step leaves caches, positions and "
@@ -295,26 +327,30 @@ TEST_CASE("an allocation that fails anywhere in Decoder::prefill or step leaves 
     return now.sizes == c.sizes && now.positions == c.positions && inputs.size() == 1 && inputs[0].size() == 1 &&
            inputs[0](0, 0) == 3.f;
   };
-  const long prefill_points = fail_each_allocation(
-      [&] { decoder.prefill(x, shape, y, layers::Routing::top_k, {}, &inputs); }, [&] { return as_before(empty); },
-      [&] {
-        decoder.restore(empty);
-        inputs.assign(1, RowMatrix<float>::Constant(1, 1, 3.f));
-      });
-  CHECK(prefill_points >= 2);
-  CHECK(decoder.positions()[0] == 6);
+  auto restore = [&](const layers::Decoder<float>::Checkpoint& c) {
+    decoder.restore(c);
+    inputs.assign(1, RowMatrix<float>::Constant(1, 1, 3.f));
+  };
+  for (const Exhaustion exhaustion : {Exhaustion::one, Exhaustion::onward}) {
+    restore(empty);
+    const long prefill_points = fail_each_allocation(
+        exhaustion, [&] { decoder.prefill(x, shape, y, layers::Routing::top_k, {}, &inputs); },
+        [&] { return as_before(empty); }, [&] { restore(empty); });
+    CHECK(prefill_points >= 2);
+    CHECK(decoder.positions()[0] == 6);
+  }
 
   inputs.assign(1, RowMatrix<float>::Constant(1, 1, 3.f));
   const RowMatrix<float> token = random_matrix<float>(2, 64, 36);
   const auto prompt = decoder.checkpoint();
-  const long step_points = fail_each_allocation(
-      [&] { decoder.step(token, out, layers::Routing::predictor, &inputs); }, [&] { return as_before(prompt); },
-      [&] {
-        decoder.restore(prompt);
-        inputs.assign(1, RowMatrix<float>::Constant(1, 1, 3.f));
-      });
-  CHECK(step_points >= 1);
-  CHECK(decoder.positions()[0] == 7);
+  for (const Exhaustion exhaustion : {Exhaustion::one, Exhaustion::onward}) {
+    restore(prompt);
+    const long step_points = fail_each_allocation(
+        exhaustion, [&] { decoder.step(token, out, layers::Routing::predictor, &inputs); },
+        [&] { return as_before(prompt); }, [&] { restore(prompt); });
+    CHECK(step_points >= 1);
+    CHECK(decoder.positions()[0] == 7);
+  }
 }
 
 TEST_CASE("a CachedAttention decode step allocates nothing once warm" * doctest::skip(!counting)) {

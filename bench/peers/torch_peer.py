@@ -35,10 +35,13 @@ def openblas_core():
     """The OpenBLAS kernels this process will use, and why: OPENBLAS_CORETYPE as set, or
     OpenBLAS's own choice, or (when that is its generic fallback on a CPU with AVX-512 or
     AVX2) the kernels for those, which this function then sets. Runs before torch loads."""
+    assert "torch" not in sys.modules, "openblas_core() must run before torch is imported"
     if os.environ.get("OPENBLAS_CORETYPE"):
         return f"{os.environ['OPENBLAS_CORETYPE']} (OPENBLAS_CORETYPE as set)"
     probe = subprocess.run([sys.executable, "-c", "import torch; torch.ones(2, 2) @ torch.ones(2, 2)"],
                            env=dict(os.environ, OPENBLAS_VERBOSE="2"), capture_output=True, text=True)
+    if probe.returncode != 0:
+        sys.exit(f"torch_peer.py: importing torch failed:\n{probe.stderr.strip()}")
     found = re.search(r"Core: (\S+)", probe.stdout + probe.stderr)
     detected = found.group(1) if found else "unknown"
     if detected != "Prescott":

@@ -77,8 +77,8 @@ concept StatesWidth = requires(const F& f) {
 // that a Block over a CachedAttention leaves its cache as it was. undo is looked up with the
 // constness of the call: called through a const Sequential (a const Block), attn's undo must
 // be const (CachedAttention's is). An undo that throws replaces the exception in flight.
-// Sequential has undo itself when attn has, so a Sequential nested as another's attn is
-// taken back too. When both state their width (dim()), the constructor checks that they
+// Sequential has undo itself when attn or mlp has (it undoes mlp, then attn), so a Sequential
+// nested as another's attn is taken back too. When both state their width (dim()), the constructor checks that they
 // agree; functions that do not are trusted to.
 template <class Attn, class Mlp>
 class Sequential {
@@ -98,16 +98,17 @@ class Sequential {
     run(attn_, mlp_, in, out);
   }
 
-  // Takes back what a call with `in` changed besides its output: attn's undo(in).
+  // Takes back what a call with `in` changed besides its output: mlp's undo(in), then attn's
+  // (mlp saw in's positions and offsets too), for those that have one.
   template <class T>
-    requires detail::UndoesCall<const Attn, T>
+    requires(detail::UndoesCall<const Attn, T> || detail::UndoesCall<const Mlp, T>)
   void undo(const Routed<T>& in) const {
-    attn_.undo(in);
+    undo_parts(attn_, mlp_, in);
   }
   template <class T>
-    requires detail::UndoesCall<Attn, T>
+    requires(detail::UndoesCall<Attn, T> || detail::UndoesCall<Mlp, T>)
   void undo(const Routed<T>& in) {
-    attn_.undo(in);
+    undo_parts(attn_, mlp_, in);
   }
 
   Attn& attention() { return attn_; }
@@ -116,6 +117,12 @@ class Sequential {
   const Mlp& mlp() const { return mlp_; }
 
  private:
+  template <class A, class M, class T>
+  static void undo_parts(A& attn, M& mlp, const Routed<T>& in) {
+    if constexpr (detail::UndoesCall<M, T>) mlp.undo(in);
+    if constexpr (detail::UndoesCall<A, T>) attn.undo(in);
+  }
+
   template <class A, class M, class T>
   static void run(A& attn, M& mlp, const Routed<T>& in, MatrixRef<T> out) {
     detail::require_equal("sequential", "out.rows()", in.x.rows(), out.rows());

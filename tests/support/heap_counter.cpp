@@ -26,12 +26,14 @@ void __libc_free(void*);
 
 namespace {
 std::atomic<long> allocations{0};
-std::atomic<long> failing{-1};  // the index of the allocation that fails; -1: none
-std::atomic<bool> fired{false};  // it has failed
-// Counts one allocation; false when it is the one to fail.
+std::atomic<long> failing{-1};   // the index of the allocation that fails; -1: none
+std::atomic<bool> onward{false};  // every allocation from that index on fails
+std::atomic<bool> fired{false};   // one has failed
+// Counts one allocation; false when it is one to fail.
 bool counted() {
   const long index = allocations.fetch_add(1, std::memory_order_relaxed);
-  if (index != failing.load(std::memory_order_relaxed)) return true;
+  const long first = failing.load(std::memory_order_relaxed);
+  if (first < 0 || index < first || (index > first && !onward.load(std::memory_order_relaxed))) return true;
   fired.store(true, std::memory_order_relaxed);
   errno = ENOMEM;
   return false;
@@ -42,7 +44,12 @@ long heap_counter::count() { return allocations.load(std::memory_order_relaxed);
 bool heap_counter::active() { return true; }
 void heap_counter::fail_nth(long n) {
   fired.store(false, std::memory_order_relaxed);
+  onward.store(false, std::memory_order_relaxed);
   failing.store(n < 0 ? -1 : count() + n, std::memory_order_relaxed);
+}
+void heap_counter::fail_from(long n) {
+  fail_nth(n);
+  onward.store(n >= 0, std::memory_order_relaxed);
 }
 bool heap_counter::failed() { return fired.load(std::memory_order_relaxed); }
 
@@ -80,5 +87,6 @@ void free(void* p) { __libc_free(p); }
 long heap_counter::count() { return 0; }
 bool heap_counter::active() { return false; }
 void heap_counter::fail_nth(long) {}
+void heap_counter::fail_from(long) {}
 bool heap_counter::failed() { return false; }
 #endif

@@ -16,7 +16,10 @@ bool active();
 // std::bad_alloc; the ones after it succeed again. A negative n disarms. Does nothing where
 // !active().
 void fail_nth(long n);
-// Whether the allocation fail_nth() armed has failed since.
+// As fail_nth, but every allocation from that one on fails too, until fail_nth(-1): memory
+// that stays exhausted, for code that must clean up without allocating.
+void fail_from(long n);
+// Whether an allocation that fail_nth() or fail_from() armed has failed since.
 bool failed();
 
 // The allocations since count() was `before`, per iteration, for a benchmark's counter: NaN

@@ -70,25 +70,27 @@ class CachedAttention {
 
   // Drops the tokens that the call with `in` appended: each sequence's last in.count(b), for
   // a composition that fails after this function returned (Sequential calls it when its MLP
-  // throws). Throws mixdepth::Error, before anything changes, unless those are the cache's
-  // last tokens: as many, at in's positions.
+  // throws). Throws mixdepth::Error, before anything changes, unless in's offsets partition
+  // its rows and those are the cache's last tokens: as many, at in's positions. Allocates
+  // nothing unless it throws, so it works while memory is exhausted.
   void undo(const Routed<T>& in) const {
     constexpr std::string_view where = "CachedAttention::undo";
+    detail::require_equal(where, "in.positions.size()", in.x.rows(), static_cast<Index>(in.positions.size()));
+    detail::check_offsets(where, in.offsets, in.x.rows());
     detail::require_equal(where, "in.batch() (sequences, one per cache sequence)", cache_->batch(), in.batch());
     for (Index b = 0; b < in.batch(); ++b) {
       const auto cached = cache_->positions(b);
       const auto added = sequence_positions(in, b);
-      const std::string argument = "in.positions of sequence " + std::to_string(b);
-      const std::string expected = "the positions of the cache's last " + std::to_string(added.size()) + " tokens";
-      if (added.size() > cached.size())
-        detail::fail(where, argument, expected, "a cache of " + std::to_string(cached.size()) + " tokens");
+      auto reject = [&](const std::string& got) {
+        detail::fail(where, "in.positions of sequence " + std::to_string(b),
+                     "the positions of the cache's last " + std::to_string(added.size()) + " tokens", got);
+      };
+      if (added.size() > cached.size()) reject("a cache of " + std::to_string(cached.size()) + " tokens");
       const std::size_t first = cached.size() - added.size();
       const auto [in_at, cache_at] = std::mismatch(added.begin(), added.end(), cached.begin() + first);
       if (in_at != added.end())
-        detail::fail(where, argument, expected,
-                     "position " + std::to_string(*in_at) + " where the cache's token " +
-                         std::to_string(first + std::size_t(in_at - added.begin())) + " is at " +
-                         std::to_string(*cache_at));
+        reject("position " + std::to_string(*in_at) + " where the cache's token " +
+               std::to_string(first + std::size_t(in_at - added.begin())) + " is at " + std::to_string(*cache_at));
     }
     drop(in, in.batch());
   }
