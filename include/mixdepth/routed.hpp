@@ -78,8 +78,8 @@ concept StatesWidth = requires(const F& f) {
 // constness of the call: called through a const Sequential (a const Block), attn's undo must
 // be const (CachedAttention's is). An undo that throws replaces the exception in flight.
 // Sequential has undo itself when attn or mlp has (it undoes mlp, then attn), so a Sequential
-// nested as another's attn is taken back too. When both state their width (dim()), the constructor checks that they
-// agree; functions that do not are trusted to.
+// nested as another's attn is taken back too. When both state their width (dim()), the
+// constructor checks that they agree; functions that do not are trusted to.
 template <class Attn, class Mlp>
 class Sequential {
  public:

@@ -256,7 +256,9 @@ class Decoder {
         detail::fail(where, "checkpoint.positions[" + std::to_string(b) + "]",
                      "in [0, " + std::to_string(positions_[b]) + "]", c.positions[b]);
     if (c.rewinds > rewind_count_)
-      detail::fail(where, "checkpoint.rewinds", "<= " + std::to_string(rewind_count_) + " (restores that took a sequence back, so far)", c.rewinds);
+      detail::fail(where, "checkpoint.rewinds",
+                   "<= " + std::to_string(rewind_count_) + " (restores that took a sequence back, so far)",
+                   c.rewinds);
     bool rewinding = false;
     for (std::size_t b = 0; b < batch_size; ++b) {
       const auto& past = rewinds_[b];
